@@ -1,0 +1,57 @@
+"""The imperative shell around a decider: load, fold, decide, append, retry on conflict.
+
+Used for HTTP commands and for reactions alike. A reaction's events carry ids derived from the
+causing event, so running it twice — after a redelivery, or after a conflict and a reload —
+appends nothing new: the store recognises events it already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .envelope import Envelope, StoredEvent
+from .lifecycle import CaseState, fold
+from .logging import get_logger
+from .store import ConcurrencyError, EventStore
+
+log = get_logger(__name__)
+
+Decide = Callable[[CaseState], Sequence[Envelope]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    events: tuple[Envelope, ...]
+    version: int
+    state: CaseState
+
+
+async def execute(
+    store: EventStore,
+    case_id: str,
+    decide: Decide,
+    *,
+    known: CaseState | None = None,
+    attempts: int = 8,
+) -> Outcome:
+    """Decide on the case's current state and append the result under the concurrency guard.
+
+    `known` is a state the caller already holds (a projection's, at its version); it saves the
+    first read, and a conflict falls back to reading the case from the log.
+    """
+    state = known
+    for _ in range(attempts):
+        if state is None:
+            history: list[StoredEvent] = await store.read(case_id)
+            state = fold(history)
+        events = tuple(decide(state))
+        if not events:
+            return Outcome((), state.version, state)
+        try:
+            version = await store.append(case_id, events, state.version)
+            return Outcome(events, version, state)
+        except ConcurrencyError:
+            log.info("command.conflict", case_id=case_id, version=state.version)
+            state = None
+    raise ConcurrencyError(case_id, None, f"still conflicting after {attempts} attempts")

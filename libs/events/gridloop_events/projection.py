@@ -1,0 +1,113 @@
+"""What a projection is, and the tables every projection shares: checkpoint and dead letters.
+
+A projection's SQL is written without schema names; the runner sets `search_path` for each
+transaction, so the same code builds the live schema and a rebuild's shadow schema.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, runtime_checkable
+
+import asyncpg
+
+from .envelope import StoredEvent
+
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+COMMON_DDL = """
+CREATE TABLE IF NOT EXISTS checkpoint (
+    projection    text PRIMARY KEY,
+    last_sequence bigint NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    projection  text NOT NULL,
+    sequence    bigint NOT NULL,
+    subject     text NOT NULL,
+    event_id    text,
+    event_type  text,
+    error       text NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT now(),
+    retried_at  timestamptz,
+    PRIMARY KEY (projection, sequence)
+);
+"""
+
+
+@runtime_checkable
+class Projection(Protocol):
+    """A read model built from the stream.
+
+    `apply` runs inside the runner's transaction, once per event, in stream order. It may raise:
+    a transient error (connection lost) makes the runner retry the batch; any other error
+    dead-letters that one event and the runner moves on.
+    """
+
+    name: str
+    schema: str
+    event_types: frozenset[str] | None
+
+    async def create_tables(self, conn: asyncpg.Connection) -> None: ...
+
+    async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> None: ...
+
+
+def check_schema(name: str) -> str:
+    if not SCHEMA_NAME.match(name):
+        raise ValueError(f"bad schema name {name!r}")
+    return name
+
+
+async def use_schema(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f"SET LOCAL search_path TO {check_schema(schema)}, public")
+
+
+async def ensure_schema(conn: asyncpg.Connection, projection: Projection, schema: str) -> None:
+    async with conn.transaction():
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {check_schema(schema)}")
+        await use_schema(conn, schema)
+        await conn.execute(COMMON_DDL)
+        await projection.create_tables(conn)
+
+
+async def read_checkpoint(conn: asyncpg.Connection, projection: str) -> int:
+    value = await conn.fetchval(
+        "SELECT last_sequence FROM checkpoint WHERE projection = $1", projection
+    )
+    return int(value or 0)
+
+
+async def write_checkpoint(conn: asyncpg.Connection, projection: str, sequence: int) -> None:
+    await conn.execute(
+        """INSERT INTO checkpoint (projection, last_sequence, updated_at) VALUES ($1, $2, now())
+           ON CONFLICT (projection) DO UPDATE
+           SET last_sequence = EXCLUDED.last_sequence, updated_at = now()""",
+        projection,
+        sequence,
+    )
+
+
+async def record_dead_letter(
+    conn: asyncpg.Connection,
+    projection: str,
+    sequence: int,
+    subject: str,
+    error: str,
+    event_id: str | None = None,
+    event_type: str | None = None,
+) -> None:
+    # Only ids and the cause: the event itself stays in the stream, where `dlq retry` reads it,
+    # so no resident's data is copied into the dead-letter table.
+    await conn.execute(
+        """INSERT INTO dead_letter (projection, sequence, subject, event_id, event_type, error)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (projection, sequence) DO UPDATE SET error = EXCLUDED.error,
+               failed_at = now()""",
+        projection,
+        sequence,
+        subject,
+        event_id,
+        event_type,
+        error[:2000],
+    )

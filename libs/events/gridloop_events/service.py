@@ -1,0 +1,273 @@
+"""What every Gridloop service shares at run time: settings, connections, runners, health.
+
+A service is a FastAPI app whose lifespan opens one NATS connection and one PostgreSQL pool,
+makes sure the stream exists, starts its projection runners, and closes all of it in reverse
+order on shutdown (SIGTERM/Ctrl-C), so an acknowledged batch is never half-applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+
+from .clock import Clock, SystemClock
+from .codec import REGISTRY, Registry
+from .logging import configure_logging, get_logger
+from .projection import Projection
+from .runner import ProjectionRunner
+from .store import EventStore, StreamSettings
+from .subjects import DEFAULT_PREFIX, Subjects
+
+log = get_logger(__name__)
+
+DEFAULT_PORTS = {"intake": 8001, "dispatch": 8002, "escalation": 8003, "feedback": 8004}
+
+
+def _env(*names: str, default: str | None = None) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return default
+
+
+@dataclass
+class ServiceSettings:
+    service: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/gridloop"
+    subject_prefix: str = DEFAULT_PREFIX
+    host: str = "127.0.0.1"
+    port: int = 0
+    schema: str = ""
+    ready_max_lag: int = 1000
+    stream_replicas: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, service: str) -> ServiceSettings:
+        upper = service.upper()
+        return cls(
+            service=service,
+            nats_url=_env(f"GRIDLOOP_{upper}_NATS_URL", "GRIDLOOP_NATS_URL", "NATS_URL",
+                          default=cls.nats_url),
+            database_url=_env(f"GRIDLOOP_{upper}_DATABASE_URL", "GRIDLOOP_DATABASE_URL",
+                              "DATABASE_URL", default=cls.database_url),
+            subject_prefix=_env("GRIDLOOP_SUBJECT_PREFIX", default=DEFAULT_PREFIX),
+            host=_env(f"GRIDLOOP_{upper}_HOST", "GRIDLOOP_HOST", default="127.0.0.1"),
+            port=int(_env(f"GRIDLOOP_{upper}_PORT", default=str(DEFAULT_PORTS.get(service, 0)))),
+            schema=_env(f"GRIDLOOP_{upper}_SCHEMA", default=service),
+            ready_max_lag=int(_env("GRIDLOOP_READY_MAX_LAG", default="1000")),
+            stream_replicas=int(_env("GRIDLOOP_STREAM_REPLICAS", default="1")),
+        )
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.appended = Counter("gridloop_events_appended", "Events appended", ["event_type"],
+                                registry=r)
+        self.http_requests = Counter("gridloop_http_requests", "HTTP requests",
+                                     ["method", "route", "status"], registry=r)
+        self.http_latency = Histogram("gridloop_http_request_seconds", "HTTP latency",
+                                      ["method", "route"], registry=r)
+        self.applied = Gauge("gridloop_projection_applied", "Events applied since start",
+                             ["projection"], registry=r)
+        self.dead = Gauge("gridloop_projection_dead_lettered", "Events dead-lettered since start",
+                          ["projection"], registry=r)
+        self.checkpoint = Gauge("gridloop_projection_checkpoint", "Last applied stream sequence",
+                                ["projection"], registry=r)
+        self.lag = Gauge("gridloop_projection_lag", "Stream tip minus checkpoint",
+                         ["projection"], registry=r)
+        self.service = service
+
+
+class Runtime:
+    """Connections and runners of one service process."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        projections: list[Projection] | None = None,
+        *,
+        registry: Registry = REGISTRY,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.projections = projections or []
+        self.registry = registry
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics(settings.service)
+        self.nc: NATS | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.store: EventStore | None = None
+        self.runners: list[ProjectionRunner] = []
+        self.background: list[Callable[[Runtime], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.settings.subject_prefix)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.nc = await nats.connect(
+            s.nats_url,
+            name=f"gridloop-{s.service}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        self.pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=10)
+        self.store = EventStore(
+            self.nc, self.subjects, self.registry, StreamSettings(replicas=s.stream_replicas)
+        )
+        await self.store.ensure_stream()
+        for projection in self.projections:
+            runner = ProjectionRunner(self.nc, self.pool, self.store, projection)
+            await runner.start()
+            self.runners.append(runner)
+        for job in self.background:
+            self._tasks.append(asyncio.create_task(job(self), name=f"{s.service}:background"))
+        log.info("service.started", port=s.port, projections=[p.name for p in self.projections])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        for runner in self.runners:
+            await runner.stop()
+        self.runners.clear()
+        if self.nc is not None:
+            await self.nc.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("service.stopped")
+
+    async def readiness(self) -> dict[str, object]:
+        checks: dict[str, object] = {}
+        checks["nats"] = bool(self.nc and self.nc.is_connected)
+        try:
+            assert self.pool is not None
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            checks["postgres"] = True
+        except Exception:  # noqa: BLE001 - readiness reports, it does not raise
+            checks["postgres"] = False
+        lags: dict[str, int | None] = {}
+        for runner in self.runners:
+            try:
+                lags[runner.projection.name] = await runner.lag()
+            except Exception:  # noqa: BLE001
+                lags[runner.projection.name] = None
+        checks["lag"] = lags
+        checks["ready"] = (
+            checks["nats"] is True
+            and checks["postgres"] is True
+            and all(v is not None and v <= self.settings.ready_max_lag for v in lags.values())
+            and all(r.running for r in self.runners)
+        )
+        return checks
+
+    def refresh_metrics(self) -> None:
+        for runner in self.runners:
+            name = runner.projection.name
+            self.metrics.applied.labels(name).set(runner.stats.applied)
+            self.metrics.dead.labels(name).set(runner.stats.dead_lettered)
+            self.metrics.checkpoint.labels(name).set(runner.stats.checkpoint)
+
+
+def operations_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.settings.service}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks = await runtime.readiness()
+        return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        runtime.refresh_metrics()
+        for runner in runtime.runners:
+            try:
+                runtime.metrics.lag.labels(runner.projection.name).set(await runner.lag())
+            except Exception:  # noqa: BLE001
+                pass
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_service_app(
+    runtime: Runtime,
+    *,
+    title: str,
+    description: str,
+    routers: list[APIRouter],
+) -> FastAPI:
+    configure_logging(runtime.settings.service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        import structlog
+
+        correlation = request.headers.get("x-request-id") or request.headers.get(
+            "x-correlation-id"
+        )
+        structlog.contextvars.bind_contextvars(correlation_id=correlation)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("correlation_id")
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        runtime.metrics.http_requests.labels(request.method, path, response.status_code).inc()
+        runtime.metrics.http_latency.labels(request.method, path).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    app.include_router(operations_router(runtime))
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
+                timeout_graceful_shutdown=10)
