@@ -258,11 +258,11 @@ class ProjectionRunner:
             return "dead"
         stored = StoredEvent(sequence=seq, subject=msg.subject, envelope=envelope)
         if not isolate:
-            await self.projection.apply(conn, stored)
+            await self._apply_and_react(conn, stored)
             return "applied"
         try:
             async with conn.transaction():  # a savepoint
-                await self.projection.apply(conn, stored)
+                await self._apply_and_react(conn, stored)
             return "applied"
         except Exception as exc:
             if is_transient(exc):
@@ -276,6 +276,14 @@ class ProjectionRunner:
                 envelope.event_type,
             )
             return "dead"
+
+    async def _apply_and_react(self, conn: asyncpg.Connection, stored: StoredEvent) -> None:
+        result = await self.projection.apply(conn, stored)
+        # Reactions run before the commit: a crash after them re-runs them on redelivery, and
+        # their derived event ids make that a no-op. A rebuild never calls them.
+        react = getattr(self.projection, "react", None)
+        if react is not None:
+            await react(conn, stored, result)
 
     async def _dead_letter(
         self,

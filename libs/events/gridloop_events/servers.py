@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Self
 
 __all__ = [
     "MIN_NATS_VERSION",
@@ -91,6 +91,17 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _parse_version(text: str) -> tuple[int, int, int] | None:
@@ -381,14 +392,14 @@ class _ServerProcess:
     def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
 
-    def __enter__(self) -> "_ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # Subclasses implement start()/stop()/restart().
-    def start(self) -> Any:  # pragma: no cover - abstract
+    def start(self) -> Self:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def stop(self, timeout: float = 30.0) -> None:  # pragma: no cover
@@ -582,17 +593,19 @@ class LocalNats(_ServerProcess):
             extra_config=self.extra_config,
         )
 
-    def start(self) -> "LocalNats":
+    def start(self) -> Self:
         if self.running:
             return self
         binary = self._binary or nats_server_binary()
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="gridloop-nats-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.port is None:
-            self.port = find_free_port()
-        if self.monitor and self.monitor_port is None:
-            self.monitor_port = find_free_port()
+        if self.port is None or (self.monitor and self.monitor_port is None):
+            # Probe both at once: two sequential probes may get the same port.
+            client, monitor = _free_ports(2)
+            self.port = self.port or client
+            if self.monitor and self.monitor_port is None:
+                self.monitor_port = monitor if monitor != self.port else client
         self.config_path.write_text(self.config_text())
         self._log_path = self.data_dir / "nats-server.log"
 
@@ -606,7 +619,14 @@ class LocalNats(_ServerProcess):
                 return False
             return not self.monitor or _http_status(health) == 200
 
-        self._wait_until(ready, started)
+        try:
+            self._wait_until(ready, started)
+        except ServerError:
+            # The error already carries the log tail; don't leak a temp dir
+            # (a failed __enter__ never reaches __exit__).
+            if self._given_dir is None:
+                self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -619,7 +639,7 @@ class LocalNats(_ServerProcess):
 
     def restart(
         self, mode: Literal["graceful", "kill"] = "graceful", timeout: float = 10.0
-    ) -> "LocalNats":
+    ) -> Self:
         """Stop (SIGTERM, or SIGKILL with ``mode="kill"``) and start again on
         the same port with the same data.  Also starts a killed server."""
         if mode == "kill":
@@ -715,7 +735,7 @@ class LocalPostgres(_ServerProcess):
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self) -> "LocalPostgres":
+    def start(self) -> Self:
         if self.running:
             return self
         bin_dir = self._bin_dir or postgres_bin_dir()
@@ -729,18 +749,24 @@ class LocalPostgres(_ServerProcess):
         if self.cluster_dir is None:
             self._prepare_dirs()
         assert self.cluster_dir is not None and self._base_dir is not None
-        self._initdb(bin_dir)
-        if self.port is None:
-            self.port = find_free_port()
-
-        started = time.monotonic()
-        self._spawn(
-            [str(bin_dir / "postgres"), "-D", str(self.cluster_dir), *self._setting_args()],
-            cwd=self._base_dir,
-            env=self._child_env(),
-            popen_kwargs=self._run_as.popen_kwargs() if self._run_as else None,
-        )
-        self._wait_until(self._ready, started)
+        try:
+            self._initdb(bin_dir)
+            if self.port is None:
+                self.port = find_free_port()
+            started = time.monotonic()
+            self._spawn(
+                [str(bin_dir / "postgres"), "-D", str(self.cluster_dir), *self._setting_args()],
+                cwd=self._base_dir,
+                env=self._child_env(),
+                popen_kwargs=self._run_as.popen_kwargs() if self._run_as else None,
+            )
+            self._wait_until(self._ready, started)
+        except ServerError:
+            # The error already carries the log tail; don't leak a temp
+            # cluster (a failed __enter__ never reaches __exit__).
+            if self._temp_base is not None:
+                self.stop()
+            raise
         return self
 
     def stop(
@@ -761,7 +787,7 @@ class LocalPostgres(_ServerProcess):
         self,
         mode: Literal["smart", "fast", "immediate", "kill"] = "fast",
         timeout: float = 30.0,
-    ) -> "LocalPostgres":
+    ) -> Self:
         """Stop with ``mode`` (``"kill"`` = SIGKILL, see :meth:`kill`) and
         start again on the same port with the same data."""
         if mode == "kill":
@@ -796,6 +822,14 @@ class LocalPostgres(_ServerProcess):
             self.cluster_dir = given / "pgdata"
             return
 
+        link = given / "pgdata"
+        if link.is_dir() and not link.is_symlink() and (link / "PG_VERSION").exists():
+            # Relocating would silently start an empty cluster beside it.
+            raise ServerError(
+                f"{link} holds a cluster that user {run_as.name!r} cannot reach "
+                f"(a parent of {given} is not traversable); move it or run "
+                f"without root"
+            )
         digest = hashlib.sha256(str(given).encode()).hexdigest()[:16]
         base = Path("/var/tmp") / f"gridloop-pg-{digest}"
         with contextlib.suppress(FileExistsError):
@@ -807,7 +841,6 @@ class LocalPostgres(_ServerProcess):
         os.chmod(base, 0o755)
         self._base_dir = base
         self.cluster_dir = base / "pgdata"
-        link = given / "pgdata"
         if not link.exists() and not link.is_symlink():
             link.symlink_to(self.cluster_dir, target_is_directory=True)
 
