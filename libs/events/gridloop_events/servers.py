@@ -1046,14 +1046,15 @@ def _choose_backend(requested: str | None) -> Literal["docker", "local"]:
     raise ServerError(f"GRIDLOOP_SERVERS must be auto, docker or local, not {choice!r}")
 
 
-def _docker_nats(stack: contextlib.ExitStack) -> tuple[str, Any]:
+def _docker_nats(stack: contextlib.ExitStack, extra_config: str = "") -> tuple[str, Any]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     # The nats image has no flag for sync_interval, so hand the same config
     # file we use locally to the container through an env var.
     conf = nats_config_text(
-        port=4222, host="0.0.0.0", monitor_port=8222, store_dir="/data"
+        port=4222, host="0.0.0.0", monitor_port=8222, store_dir="/data",
+        extra_config=extra_config,
     )
     container = (
         DockerContainer(os.environ.get("GRIDLOOP_NATS_IMAGE", DEFAULT_NATS_IMAGE))
@@ -1071,7 +1072,7 @@ def _docker_nats(stack: contextlib.ExitStack) -> tuple[str, Any]:
     return url, container
 
 
-def _docker_postgres(stack: contextlib.ExitStack) -> tuple[str, Any]:
+def _docker_postgres(stack: contextlib.ExitStack, fsync: bool = True) -> tuple[str, Any]:
     try:
         from testcontainers.community.postgres import PostgresContainer
     except ImportError:  # testcontainers < 4.14 kept it at the top level
@@ -1083,7 +1084,10 @@ def _docker_postgres(stack: contextlib.ExitStack) -> tuple[str, Any]:
         password="postgres",
         dbname="postgres",
         driver=None,
-    ).with_command("postgres -c fsync=on -c max_connections=200 -c shared_buffers=128MB")
+    ).with_command(
+        f"postgres -c fsync={'on' if fsync else 'off'} -c max_connections=200"
+        " -c shared_buffers=128MB"
+    )
     stack.enter_context(container)
     return container.get_connection_url(), container
 
@@ -1108,7 +1112,9 @@ def provide_servers(
 
     ``data_root`` (local only) keeps data across runs in ``data_root/nats``
     and ``data_root/postgres`` -- for ``make run`` with ``.run/``.  Without
-    it everything is temporary.  Everything started is stopped on exit.
+    it everything is temporary.  ``data_root`` and the ports apply to local
+    binaries only (containers get random host ports).  Everything started is
+    stopped on exit.
     """
     env_nats = os.environ.get("NATS_URL")
     env_db = os.environ.get("DATABASE_URL")
@@ -1125,19 +1131,23 @@ def provide_servers(
         if not env_nats:
             servers.nats_backend = chosen  # type: ignore[assignment]
             if chosen == "docker":
-                servers.nats_url, servers.nats_container = _docker_nats(stack)
+                servers.nats_url, servers.nats_container = _docker_nats(
+                    stack, nats_extra_config
+                )
             else:
-                nats = LocalNats(
+                local_nats = LocalNats(
                     root / "nats" if root else None,
                     port=nats_port,
                     extra_config=nats_extra_config,
                 )
-                stack.enter_context(nats)
-                servers.nats, servers.nats_url = nats, nats.url
+                stack.enter_context(local_nats)
+                servers.nats, servers.nats_url = local_nats, local_nats.url
         if not env_db:
             servers.postgres_backend = chosen  # type: ignore[assignment]
             if chosen == "docker":
-                servers.database_url, servers.postgres_container = _docker_postgres(stack)
+                servers.database_url, servers.postgres_container = _docker_postgres(
+                    stack, postgres_fsync
+                )
             else:
                 pg = LocalPostgres(
                     root / "postgres" if root else None,

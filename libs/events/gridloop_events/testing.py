@@ -1,0 +1,82 @@
+"""Builders of valid events for tests and the simulator: plain data, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from .catalogue import (
+    CaseAccepted,
+    CaseClosed,
+    CaseDispatched,
+    CaseReported,
+    Deadlines,
+    GridPath,
+    Location,
+    ReporterContact,
+)
+from .envelope import Actor, Envelope, StoredEvent, new_event_id
+from .vocabulary import Channel, Outcome, ProblemKind, Tier
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+DISTRICT = "370105"
+PATH = GridPath(
+    district=DISTRICT, street="370105001", community="370105001007", grid="370105001007012"
+)
+
+
+def reported(case_id: str | None = None, at: datetime = T0, category: str = "CM-0101",
+             **changes: object) -> Envelope:
+    payload = CaseReported(
+        channel=Channel.hotline,
+        category_code=category,
+        description="楼道堆放杂物，堵塞消防通道",
+        location=Location(grid_path=PATH, lat=36.65, lon=117.05),
+        reporter=ReporterContact(name="张三", phone="13800000000"),
+        **changes,  # type: ignore[arg-type]
+    )
+    return Envelope.new(
+        payload,
+        case_id=case_id or str(new_event_id(at)),
+        district=DISTRICT,
+        actor=Actor(kind="operator", id="op-7", role="hotline"),
+        correlation_id=str(uuid4()),
+        occurred_at=at,
+    )
+
+
+def dispatched(cause: Envelope, unit: str = "GT-370105001007012", tier: Tier = Tier.grid,
+               at: datetime | None = None, **changes: object) -> Envelope:
+    at = at or cause.occurred_at
+    payload = CaseDispatched(
+        unit_code=unit,
+        tier=tier,
+        kind=ProblemKind.general,
+        dispatcher="dispatch",
+        deadlines=Deadlines(accept_due=at + timedelta(minutes=1),
+                            resolve_due=at + timedelta(days=1)),
+        reason="triage: general → grid team",
+        **changes,  # type: ignore[arg-type]
+    )
+    return cause.caused(payload, actor=Actor.system("dispatch"), purpose="dispatch", occurred_at=at)
+
+
+def accepted(cause: Envelope, unit: str = "GT-370105001007012", handler: str = "gw-1") -> Envelope:
+    return cause.caused(CaseAccepted(unit_code=unit, handler_id=handler),
+                        actor=Actor(kind="grid_worker", id=handler), purpose="accept")
+
+
+def closed(cause: Envelope, outcome: Outcome = Outcome.resolved) -> Envelope:
+    return cause.caused(
+        CaseClosed(outcome=outcome, resolution="已清理", closed_by="gw-1"),
+        actor=Actor(kind="grid_worker", id="gw-1"),
+        purpose="close",
+    )
+
+
+def stored(envelopes: list[Envelope], start: int = 1, prefix: str = "gridloop") -> list[StoredEvent]:
+    return [
+        StoredEvent(sequence=start + i,
+                    subject=f"{prefix}.case.{e.district}.{e.case_id}.{e.event_type}", envelope=e)
+        for i, e in enumerate(envelopes)
+    ]

@@ -1,0 +1,77 @@
+"""Shared, generic fixtures: one NATS + one PostgreSQL per test session.
+
+Where the servers come from is decided by
+``gridloop_events.servers.provide_servers``: ``NATS_URL``/``DATABASE_URL``
+if set, else testcontainers when a Docker engine answers, else local binaries.
+Feature-specific fixtures belong in ``tests/fixtures/*.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+try:
+    import gridloop_events.servers  # noqa: F401
+except ImportError:
+    # Running from a checkout without `pip install -e libs/events`.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs" / "events"))
+
+from gridloop_events.servers import (  # noqa: E402
+    Servers,
+    create_database,
+    drop_database,
+    provide_servers,
+)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    with provide_servers() as provided:
+        yield provided
+
+
+@pytest.fixture(scope="session")
+def nats_url(servers: Servers) -> str:
+    return servers.nats_url
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: Servers) -> str:
+    """Admin URL of the session's server (its default database)."""
+    return servers.database_url
+
+
+def _unique_name(request: pytest.FixtureRequest, max_slug: int) -> str:
+    # The test name in the identifier makes leftovers traceable; the random
+    # suffix keeps parametrised and repeated runs apart.
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
+    return f"{slug[:max_slug]}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def fresh_database(database_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a new, empty database for this test only; dropped afterwards.
+
+    Sync on purpose, so it works whatever event-loop scope a test uses.
+    """
+    name = "t_" + _unique_name(request, 40)  # identifiers stop at 63 bytes
+    url = create_database(database_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(database_url, name)
+
+
+@pytest.fixture
+def fresh_stream_prefix(request: pytest.FixtureRequest) -> str:
+    """Unique token for stream/consumer/subject names of this test.
+
+    Letters, digits and ``_`` only: valid in stream names and subject tokens.
+    """
+    return "t_" + _unique_name(request, 24)

@@ -1,0 +1,165 @@
+"""The event contract on plain data: envelope, codec, registry and upcasting, subjects."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import ClassVar
+from uuid import UUID
+
+import pytest
+from pydantic import ValidationError
+
+from gridloop_events.catalogue import CaseClosed, CaseReported, Location
+from gridloop_events.codec import CodecError, Registry, decode, default_registry, encode
+from gridloop_events.envelope import Actor, Envelope, Payload, derived_event_id, new_event_id
+from gridloop_events.subjects import Subjects
+from gridloop_events.testing import T0, dispatched, reported
+from gridloop_events.vocabulary import Outcome, Tier
+
+
+def test_event_ids_are_uuid7_and_time_ordered() -> None:
+    a = new_event_id(T0)
+    b = new_event_id(T0 + timedelta(milliseconds=5))
+    assert a.version == 7 and b.version == 7
+    assert str(a) < str(b)
+
+
+def test_derived_ids_are_stable_and_distinct_by_purpose() -> None:
+    cause = new_event_id(T0)
+    assert derived_event_id(cause, "dispatch") == derived_event_id(cause, "dispatch")
+    assert derived_event_id(cause, "dispatch") != derived_event_id(cause, "escalate")
+    assert derived_event_id(cause, "dispatch", 0) != derived_event_id(cause, "dispatch", 1)
+    assert derived_event_id(cause, "x").version == 7
+
+
+def test_serialisation_is_deterministic_and_round_trips() -> None:
+    event = reported()
+    data = encode(event)
+    assert encode(decode(data)) == data
+    assert json.loads(data)["event_type"] == "CaseReported"
+    assert list(json.loads(data)) == sorted(json.loads(data))
+
+
+def test_caused_events_are_byte_identical_on_retry() -> None:
+    r = reported()
+    assert encode(dispatched(r)) == encode(dispatched(r))
+    assert dispatched(r).correlation_id == r.correlation_id
+    assert dispatched(r).causation_id == str(r.event_id)
+
+
+def test_envelope_is_frozen_and_times_are_utc() -> None:
+    plus8 = timezone(timedelta(hours=8))
+    event = reported(at=datetime(2026, 11, 23, 16, 0, tzinfo=plus8))
+    assert event.occurred_at.tzinfo == UTC and event.occurred_at.hour == 8
+    with pytest.raises(ValidationError):
+        event.case_id = "other"  # type: ignore[misc]
+
+
+def test_naive_times_and_bad_tokens_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        reported(at=datetime(2026, 1, 1))  # naive
+    with pytest.raises(ValidationError):
+        reported(case_id="a.b>")  # would inject into the subject
+
+
+def test_payload_validation_names_the_problem() -> None:
+    with pytest.raises(ValidationError, match="duplicate_of"):
+        CaseClosed(outcome=Outcome.duplicate, resolution="same as another", closed_by="x")
+    with pytest.raises(ValidationError, match="lat and lon"):
+        Location(lat=36.6)
+
+
+def test_decode_rejects_garbage_with_a_reason() -> None:
+    with pytest.raises(CodecError, match="not JSON"):
+        decode(b"\xff\x00")
+    with pytest.raises(CodecError, match="unknown event type"):
+        decode(json.dumps({"event_type": "Nope", "schema_version": 1, "payload": {}}).encode())
+    raw = json.loads(encode(reported()))
+    raw["payload"]["channel"] = "carrier-pigeon"
+    with pytest.raises(CodecError, match="channel"):
+        decode(json.dumps(raw).encode())
+    raw = json.loads(encode(reported()))
+    raw["schema_version"] = 99
+    with pytest.raises(CodecError, match="newer"):
+        decode(json.dumps(raw).encode())
+
+
+class _RatedV2(Payload):
+    """A test-only v2 of CaseClosed: `resolution` split into `summary` and `details`."""
+
+    event_type: ClassVar[str] = "CaseClosed"
+    schema_version: ClassVar[int] = 2
+    outcome: Outcome
+    summary: str
+    details: str
+    closed_by: str
+    unit_code: str | None = None
+    duplicate_of: str | None = None
+
+
+def _registry_with_v2() -> Registry:
+    registry = default_registry()
+    registry._classes["CaseClosed"] = _RatedV2
+
+    @registry.upcaster("CaseClosed", 1)
+    def split(payload: dict) -> dict:  # type: ignore[type-arg]
+        text = payload.pop("resolution")
+        return {**payload, "summary": text[:20], "details": text}
+
+    return registry
+
+
+def test_v1_event_is_read_as_v2_through_the_upcaster() -> None:
+    r = reported()
+    v1 = r.caused(
+        CaseClosed(outcome=Outcome.resolved, resolution="已清理楼道", closed_by="gw-1"),
+        actor=Actor.system("t"),
+        purpose="close",
+    )
+    event = decode(encode(v1), _registry_with_v2())
+    assert event.schema_version == 2
+    assert isinstance(event.payload, _RatedV2)
+    assert event.payload.details == "已清理楼道"
+    assert event.event_id == v1.event_id
+
+
+def test_missing_upcaster_is_an_error_not_a_guess() -> None:
+    registry = default_registry()
+    registry._classes["CaseClosed"] = _RatedV2
+    v1 = reported().caused(
+        CaseClosed(outcome=Outcome.resolved, resolution="x", closed_by="gw"),
+        actor=Actor.system("t"),
+        purpose="close",
+    )
+    with pytest.raises(CodecError, match="no upcaster"):
+        decode(encode(v1), registry)
+
+
+def test_registry_refuses_two_classes_for_one_name() -> None:
+    registry = default_registry()
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(_RatedV2)
+
+
+def test_subject_scheme_filters_by_district_type_and_case() -> None:
+    s = Subjects("gridloop")
+    subject = s.event("370105", "c-1", "CaseReported")
+    assert subject == "gridloop.case.370105.c-1.CaseReported"
+    assert s.parse(subject) == ("370105", "c-1", "CaseReported")
+    assert s.district("370105") == "gridloop.case.370105.*.*"
+    assert s.of_type("CaseClosed") == "gridloop.case.*.*.CaseClosed"
+    assert s.case("c-1") == "gridloop.case.*.c-1.*"
+    assert s.stream_name == "GRIDLOOP_CASES"
+    with pytest.raises(ValueError):
+        s.parse("other.case.x.y.z")
+
+
+def test_personal_fields_are_declared_on_the_payload() -> None:
+    assert CaseReported.personal_fields == frozenset({"reporter"})
+    assert isinstance(reported().event_id, UUID)
+
+
+def test_dispatch_builder_uses_tier_vocabulary() -> None:
+    assert dispatched(reported()).payload.tier is Tier.grid
+    assert Tier.grid.next() is Tier.community and Tier.district.next() is None
