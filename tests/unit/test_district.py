@@ -324,64 +324,61 @@ def test_tiny_district_loads(tmp_path: Path) -> None:
     assert t.unit("GT-1").tier is Tier.grid  # derived from the kind
 
 
+GRIDS = "streets[0].communities[0].compounds[0].grids"
+
+
+def tiny_grids(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["streets"][0]["communities"][0]["compounds"][0]["grids"]
+
+
 def test_unit_referencing_missing_grid(tmp_path: Path) -> None:
     doc = tiny()
     doc["units"][0]["grids"] = ["370199001001009"]
-    err = load_error(tmp_path, doc)
-    assert "units[0].grids[0]: grid '370199001001009' does not exist" in str(err)
-    assert (
-        "streets[0].communities[0].compounds[0].grids[0]: no grid team covers grid '370199001001001'"
-        in str(err)
-    )
+    err = str(load_error(tmp_path, doc))
+    assert "units[0].grids[0]: grid '370199001001009' does not exist" in err
+    assert f"{GRIDS}[0]: no grid team covers grid '370199001001001'" in err
 
 
 def test_duplicate_code(tmp_path: Path) -> None:
     doc = tiny()
-    grids = doc["streets"][0]["communities"][0]["compounds"][0]["grids"]
+    grids = tiny_grids(doc)
     grids[1]["code"] = grids[0]["code"]
-    err = load_error(tmp_path, doc)
-    assert (
-        "streets[0].communities[0].compounds[0].grids[1].code: duplicate code '370199001001001'"
-        in str(err)
-    )
+    err = str(load_error(tmp_path, doc))
+    assert f"{GRIDS}[1].code: duplicate code '370199001001001' (first at {GRIDS}[0])" in err
 
     doc = tiny()
     doc["units"][1]["code"] = "GT-1"
     assert "units[1].code: duplicate unit code 'GT-1'" in str(load_error(tmp_path, doc))
 
 
+def test_code_scheme(tmp_path: Path) -> None:
+    doc = tiny()
+    tiny_grids(doc)[1]["code"] = "370199001002002"
+    doc["units"][1]["grids"] = ["370199001002002"]
+    err = str(load_error(tmp_path, doc))
+    assert f"{GRIDS}[1].code: code '370199001002002' must be its parent's '370199001001'" in err
+
+
 def test_malformed_polygons(tmp_path: Path) -> None:
-    where = "streets[0].communities[0].compounds[0].grids[0].boundary[0]"
+    ring = f"{GRIDS}[0].boundary[0]"
     doc = tiny()
-    doc["streets"][0]["communities"][0]["compounds"][0]["grids"][0]["boundary"][0][-1] = [
-        117.0,
-        36.001,
-    ]
-    err = load_error(tmp_path, doc)
-    assert f"{where}: ring is not closed" in str(err) and "370199001001001" in str(err)
+    tiny_grids(doc)[0]["boundary"][0][-1] = [117.0, 36.001]
+    err = str(load_error(tmp_path, doc))
+    assert f"{ring}: ring is not closed" in err and "[in 370199001001001]" in err
 
     doc = tiny()
-    doc["streets"][0]["communities"][0]["compounds"][0]["grids"][0]["boundary"][0] = [
-        [117, 36],
-        [117.01, 36],
-        [117, 36],
-    ]
-    assert f"{where}: ring has 3 positions" in str(load_error(tmp_path, doc))
+    tiny_grids(doc)[0]["boundary"][0] = [[117, 36], [117.01, 36], [117, 36]]
+    assert f"{ring}: ring has 3 positions" in str(load_error(tmp_path, doc))
 
     doc = tiny()
-    doc["streets"][0]["communities"][0]["compounds"][0]["grids"][0]["boundary"][0][1] = [
-        36.0,
-        217.0,
-    ]
-    assert f"{where}[1]: [36.0, 217.0] is not a [lon, lat] position" in str(
-        load_error(tmp_path, doc)
-    )
+    tiny_grids(doc)[0]["boundary"][0][1] = [36.0, 217.0]
+    err = str(load_error(tmp_path, doc))
+    assert f"{ring}[1]: [36.0, 217.0] is not a [lon, lat] position" in err
 
     doc = tiny()
-    doc["streets"][0]["communities"][0]["compounds"][0]["grids"][0]["centre"] = [117.5, 36.5]
-    assert "grids[0].centre: centre [117.5, 36.5] of grid '370199001001001' lies outside" in str(
-        load_error(tmp_path, doc)
-    )
+    tiny_grids(doc)[0]["centre"] = [117.5, 36.5]
+    err = str(load_error(tmp_path, doc))
+    assert f"{GRIDS}[0].centre: centre [117.5, 36.5] of '370199001001001' is outside" in err
 
 
 def test_cross_reference_problems(tmp_path: Path) -> None:
@@ -394,35 +391,50 @@ def test_cross_reference_problems(tmp_path: Path) -> None:
     assert (
         "streets[0].communities[0]: no community committee covers community '370199001001'" in text
     )
-    assert (
-        "catalogue.classes[0].subclasses[0].items[0].department: department 'DEP-NONE' of item 'X-0101' is not a unit"
-        in text
-    )
+    item = "catalogue.classes[0].subclasses[0].items[0]"
+    assert f"{item}.department: department 'DEP-NONE' of item 'X-0101' is not a unit" in text
     assert "units[3].competence[1]: category 'Y-0101' does not exist" in text
     assert len(err.problems) == 3
+
+    doc = tiny()
+    doc["units"][-1]["competence"] = ["C2"]
+    doc["catalogue"]["classes"].append(dict(doc["catalogue"]["classes"][0], code="C2"))
+    doc["catalogue"]["classes"][1]["subclasses"] = [{"code": "Z", "name": "z", "items": []}]
+    err = load_error(tmp_path, doc)
+    assert [str(p) for p in err.problems] == [
+        "catalogue.classes[1].subclasses[0].items: "
+        "Tuple should have at least 1 item after validation, not 0 [in Z]"
+    ]
 
 
 def test_field_errors_name_their_path(tmp_path: Path) -> None:
     doc = tiny()
-    del doc["streets"][0]["communities"][0]["compounds"][0]["grids"][1]["kind"]
+    del tiny_grids(doc)[1]["kind"]
     doc["units"][1]["kind"] = "team"
     doc["units"][3]["tier"] = "district"
+    doc["catalogue"]["other"]["overrides"] = {"urgent": {"kind": "major"}}
     err = str(load_error(tmp_path, doc))
-    assert (
-        "streets[0].communities[0].compounds[0].grids[1].kind: Field required [in 370199001001002]"
-        in err
-    )
+    assert f"{GRIDS}[1].kind: Field required [in 370199001001002]" in err
     assert "units[1].kind: Input should be" in err and "(got 'team')" in err
     assert "units[3]: tier 'district' does not match kind 'street_office'" in err
+    assert "catalogue.other.overrides.urgent: key: Input should be 'low'" in err
+    # a bad grid empties its compound's tuple; pydantic's follow-on "too short" is left out
+    assert "at least 1 item" not in err
+
+
+def test_competence_must_cover_the_item(tmp_path: Path) -> None:
+    doc = tiny()
+    doc["units"][-1]["competence"] = []
+    err = str(load_error(tmp_path, doc))
+    assert "'DEP-A' lacks competence for item 'X-0101'" in err
 
 
 def test_unsupported_schema_version(tmp_path: Path) -> None:
     doc = tiny()
     doc["schema_version"] = 2
     err = load_error(tmp_path, doc)
-    assert (
-        "schema_version: schema_version 2 is not supported" in str(err) and len(err.problems) == 1
-    )
+    assert "schema_version: schema_version 2 is not supported" in str(err)
+    assert len(err.problems) == 1
 
 
 def test_bad_json_and_yaml(tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""Place names for the demo district. Invented, in the style of the seeds (岩庄社区 and 板大山村
+are 天平街道's own, 002; 秦权社区 is 蔄山镇's, 000; 城南社区 is 双城镇's, 001)."""
+
+DISTRICT = ("370190", "历源区", "Liyuan District")
+STREET = ("泉平街道", "Quanping Subdistrict")
+
+COMMUNITIES = (
+    ("岩庄", "Yanzhuang"),
+    ("泉西", "Quanxi"),
+    ("泉东", "Quandong"),
+    ("天平湖", "Tianpinghu"),
+    ("城南", "Chengnan"),
+    ("秦权", "Qinquan"),
+    ("龙泉", "Longquan"),
+    ("翠苑", "Cuiyuan"),
+    ("金桥", "Jinqiao"),
+    ("明珠", "Mingzhu"),
+    ("汇河", "Huihe"),
+    ("东湖", "Donghu"),
+    ("青年路", "Qingnianlu"),
+    ("文化路", "Wenhualu"),
+    ("望岳", "Wangyue"),
+    ("锦绣", "Jinxiu"),
+    ("和平", "Heping"),
+    ("新华", "Xinhua"),
+    ("北关", "Beiguan"),
+    ("南关", "Nanguan"),
+    ("柳园", "Liuyuan"),
+    ("御碑楼", "Yubeilou"),
+    ("花园", "Huayuan"),
+    ("长城路", "Changchenglu"),
+    ("幸福", "Xingfu"),
+)
+
+VILLAGES = (
+    ("板大山", "Bandashan"),
+    ("王家庄", "Wangjiazhuang"),
+    ("李家峪", "Lijiayu"),
+    ("北店子", "Beidianzi"),
+    ("东羊娄", "Dongyanglou"),
+    ("西羊娄", "Xiyanglou"),
+    ("大河", "Dahe"),
+    ("小河", "Xiaohe"),
+    ("杨家庄", "Yangjiazhuang"),
+    ("石崮", "Shigu"),
+    ("马庄", "Mazhuang"),
+    ("南店子", "Nandianzi"),
+)
+
+COMPOUND_HEADS = (
+    "阳光",
+    "锦华",
+    "泰山",
+    "御景",
+    "翠微",
+    "金色",
+    "和谐",
+    "康乐",
+    "华府",
+    "名仕",
+    "绿城",
+    "春晖",
+    "丽景",
+    "东方",
+)
+COMPOUND_TAILS = ("花园", "小区", "家园", "苑", "新城", "公寓")
+VILLAGE_PARTS = (
+    ("东片", "East"),
+    ("西片", "West"),
+    ("南片", "South"),
+    ("北片", "North"),
+    ("中心片", "Centre"),
+)
+
+# 专属网格: premises with their own grid (schools, markets, enterprises, sites...)
+INSTITUTIONS = (
+    ("小学", "Primary School"),
+    ("中学", "Middle School"),
+    ("幼儿园", "Kindergarten"),
+    ("卫生院", "Health Centre"),
+    ("社区医院", "Community Hospital"),
+    ("农贸市场", "Farmers' Market"),
+    ("商业街", "Commercial Street"),
+    ("购物中心", "Shopping Centre"),
+    ("物流园", "Logistics Park"),
+    ("建筑工地", "Construction Site"),
+    ("加油站", "Filling Station"),
+    ("养老院", "Nursing Home"),
+    ("机械厂", "Machinery Plant"),
+    ("食品厂", "Food Factory"),
+    ("汽修厂", "Auto Repair Works"),
+    ("宾馆", "Hotel"),
+    ("汽车站", "Bus Station"),
+    ("公园", "Park"),
+    ("体育场", "Stadium"),
+    ("党群服务中心", "Party-Mass Service Centre"),
+    ("文化广场", "Culture Square"),
+    ("写字楼", "Office Tower"),
+    ("产业园", "Industrial Park"),
+    ("仓储区", "Warehouse Zone"),
+    ("石材厂", "Stone Works"),
+    ("水厂", "Waterworks"),
+    ("变电站", "Substation"),
+    ("驾校", "Driving School"),
+    ("家具城", "Furniture Mall"),
+    ("建材市场", "Building-Materials Market"),
+    ("小微企业园", "Small-Business Park"),
+    ("批发市场", "Wholesale Market"),
+    ("养殖场", "Livestock Farm"),
+    ("农民专业合作社", "Farmers' Cooperative"),
+)
