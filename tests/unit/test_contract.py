@@ -14,7 +14,7 @@ from gridloop_events.catalogue import CaseClosed, CaseReported, Location
 from gridloop_events.codec import CodecError, Registry, decode, default_registry, encode
 from gridloop_events.envelope import Actor, Envelope, Payload, derived_event_id, new_event_id
 from gridloop_events.subjects import Subjects
-from gridloop_events.testing import T0, dispatched, reported
+from gridloop_events.testing import T0, ClosedV2, closed_v2_registry, dispatched, reported
 from gridloop_events.vocabulary import Outcome, Tier
 
 
@@ -85,31 +85,6 @@ def test_decode_rejects_garbage_with_a_reason() -> None:
         decode(json.dumps(raw).encode())
 
 
-class _RatedV2(Payload):
-    """A test-only v2 of CaseClosed: `resolution` split into `summary` and `details`."""
-
-    event_type: ClassVar[str] = "CaseClosed"
-    schema_version: ClassVar[int] = 2
-    outcome: Outcome
-    summary: str
-    details: str
-    closed_by: str
-    unit_code: str | None = None
-    duplicate_of: str | None = None
-
-
-def _registry_with_v2() -> Registry:
-    registry = default_registry()
-    registry._classes["CaseClosed"] = _RatedV2
-
-    @registry.upcaster("CaseClosed", 1)
-    def split(payload: dict) -> dict:  # type: ignore[type-arg]
-        text = payload.pop("resolution")
-        return {**payload, "summary": text[:20], "details": text}
-
-    return registry
-
-
 def test_v1_event_is_read_as_v2_through_the_upcaster() -> None:
     r = reported()
     v1 = r.caused(
@@ -117,16 +92,16 @@ def test_v1_event_is_read_as_v2_through_the_upcaster() -> None:
         actor=Actor.system("t"),
         purpose="close",
     )
-    event = decode(encode(v1), _registry_with_v2())
+    event = decode(encode(v1), closed_v2_registry())
     assert event.schema_version == 2
-    assert isinstance(event.payload, _RatedV2)
+    assert isinstance(event.payload, ClosedV2)
     assert event.payload.details == "已清理楼道"
     assert event.event_id == v1.event_id
 
 
 def test_missing_upcaster_is_an_error_not_a_guess() -> None:
     registry = default_registry()
-    registry._classes["CaseClosed"] = _RatedV2
+    registry._classes["CaseClosed"] = ClosedV2
     v1 = reported().caused(
         CaseClosed(outcome=Outcome.resolved, resolution="x", closed_by="gw"),
         actor=Actor.system("t"),
@@ -139,7 +114,7 @@ def test_missing_upcaster_is_an_error_not_a_guess() -> None:
 def test_registry_refuses_two_classes_for_one_name() -> None:
     registry = default_registry()
     with pytest.raises(ValueError, match="already registered"):
-        registry.register(_RatedV2)
+        registry.register(ClosedV2)
 
 
 def test_subject_scheme_filters_by_district_type_and_case() -> None:

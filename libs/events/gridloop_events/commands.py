@@ -7,6 +7,8 @@ appends nothing new: the store recognises events it already holds.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +35,7 @@ async def execute(
     decide: Decide,
     *,
     known: CaseState | None = None,
-    attempts: int = 8,
+    attempts: int = 12,
 ) -> Outcome:
     """Decide on the case's current state and append the result under the concurrency guard.
 
@@ -41,7 +43,7 @@ async def execute(
     first read, and a conflict falls back to reading the case from the log.
     """
     state = known
-    for _ in range(attempts):
+    for attempt in range(attempts):
         if state is None:
             history: list[StoredEvent] = await store.read(case_id)
             state = fold(history)
@@ -54,4 +56,6 @@ async def execute(
         except ConcurrencyError:
             log.info("command.conflict", case_id=case_id, version=state.version)
             state = None
+            # Jittered backoff: writers racing on one case spread out instead of colliding again.
+            await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
     raise ConcurrencyError(case_id, None, f"still conflicting after {attempts} attempts")

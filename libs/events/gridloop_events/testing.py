@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from .catalogue import (
@@ -15,7 +16,8 @@ from .catalogue import (
     Location,
     ReporterContact,
 )
-from .envelope import Actor, Envelope, StoredEvent, new_event_id
+from .codec import Registry, default_registry
+from .envelope import Actor, Envelope, Payload, StoredEvent, new_event_id
 from .vocabulary import Channel, Outcome, ProblemKind, Tier
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -27,14 +29,15 @@ PATH = GridPath(
 
 def reported(case_id: str | None = None, at: datetime = T0, category: str = "CM-0101",
              **changes: object) -> Envelope:
-    payload = CaseReported(
-        channel=Channel.hotline,
-        category_code=category,
-        description="楼道堆放杂物，堵塞消防通道",
-        location=Location(grid_path=PATH, lat=36.65, lon=117.05),
-        reporter=ReporterContact(name="张三", phone="13800000000"),
-        **changes,  # type: ignore[arg-type]
-    )
+    fields: dict[str, object] = {
+        "channel": Channel.hotline,
+        "category_code": category,
+        "description": "楼道堆放杂物，堵塞消防通道",
+        "location": Location(grid_path=PATH, lat=36.65, lon=117.05),
+        "reporter": ReporterContact(name="张三", phone="13800000000"),
+        **changes,
+    }
+    payload = CaseReported(**fields)  # type: ignore[arg-type]
     return Envelope.new(
         payload,
         case_id=case_id or str(new_event_id(at)),
@@ -80,3 +83,29 @@ def stored(envelopes: list[Envelope], start: int = 1, prefix: str = "gridloop") 
                     subject=f"{prefix}.case.{e.district}.{e.case_id}.{e.event_type}", envelope=e)
         for i, e in enumerate(envelopes)
     ]
+
+
+class ClosedV2(Payload):
+    """A v2 of CaseClosed that exists only to prove upcasting: `resolution` became
+    `summary` + `details`."""
+
+    event_type: ClassVar[str] = "CaseClosed"
+    schema_version: ClassVar[int] = 2
+    outcome: Outcome
+    summary: str
+    details: str
+    closed_by: str
+    unit_code: str | None = None
+    duplicate_of: str | None = None
+
+
+def closed_v2_registry() -> Registry:
+    registry = default_registry()
+    registry._classes["CaseClosed"] = ClosedV2
+
+    @registry.upcaster("CaseClosed", 1)
+    def split(payload: dict[str, Any]) -> dict[str, Any]:
+        text = payload.pop("resolution")
+        return {**payload, "summary": text[:20], "details": text}
+
+    return registry

@@ -1,0 +1,171 @@
+"""The JetStream event store against a real nats-server: guard, idempotency, order, config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+import pytest_asyncio
+
+from gridloop_events.codec import encode
+from gridloop_events.commands import execute
+from gridloop_events.store import AppendError, ConcurrencyError, EventStore
+from gridloop_events.subjects import Subjects
+from gridloop_events.testing import accepted, closed, dispatched, reported
+
+
+@pytest_asyncio.fixture
+async def store(nats_url: str, fresh_stream_prefix: str):  # type: ignore[no-untyped-def]
+    nc = await nats.connect(nats_url)
+    s = EventStore(nc, Subjects(fresh_stream_prefix))
+    await s.ensure_stream()
+    yield s
+    await nc.close()
+
+
+async def test_stream_is_a_log_of_record(store: EventStore) -> None:
+    info = await store.js.stream_info(store.stream)
+    c = info.config
+    assert getattr(c.storage, "value", c.storage) == "file"
+    assert c.deny_delete and c.deny_purge
+    assert getattr(c.discard, "value", c.discard) == "new"
+    assert c.max_msgs in (-1, None) and not c.max_age
+    assert c.duplicate_window == pytest.approx(120.0)
+    r = reported()
+    seq = await store.append(r.case_id, [r], 0)
+    with pytest.raises(nats.js.errors.APIError):
+        await store.js.delete_msg(store.stream, seq)
+    with pytest.raises(nats.js.errors.APIError):
+        await store.js.purge_stream(store.stream)
+    assert len(await store.read(r.case_id)) == 1
+
+
+async def test_two_writers_at_the_same_version_exactly_one_wins(store: EventStore) -> None:
+    r = reported()
+    v1 = await store.append(r.case_id, [r], 0)
+    a = accepted(dispatched(r), handler="gw-a")
+    b = closed(dispatched(r))
+    results = await asyncio.gather(
+        store.append(r.case_id, [a], v1),
+        store.append(r.case_id, [b], v1),
+        return_exceptions=True,
+    )
+    wins = [x for x in results if isinstance(x, int)]
+    losses = [x for x in results if isinstance(x, ConcurrencyError)]
+    assert len(wins) == 1 and len(losses) == 1
+    assert len(await store.read(r.case_id)) == 2
+
+
+async def test_many_writers_race_and_the_history_stays_a_chain(store: EventStore) -> None:
+    r = reported()
+    await store.append(r.case_id, [r], 0)
+    d = dispatched(r)
+
+    async def note(i: int) -> None:
+        from gridloop_events.catalogue import ProgressNoted
+        from gridloop_events.envelope import Actor
+
+        def decide(state):  # type: ignore[no-untyped-def]
+            return [d.caused(ProgressNoted(author_id=f"w{i}", note=f"note {i}"),
+                             actor=Actor(kind="grid_worker", id=f"w{i}"), purpose=f"n{i}")]
+
+        await execute(store, r.case_id, decide)
+
+    await asyncio.gather(*(note(i) for i in range(20)))
+    history = await store.read(r.case_id)
+    assert len(history) == 21
+    assert len({h.envelope.event_id for h in history}) == 21
+
+
+async def test_same_event_twice_is_stored_once(store: EventStore) -> None:
+    r = reported()
+    first = await store.append(r.case_id, [r], 0)
+    again = await store.append(r.case_id, [r], 0)  # a retry after a lost ack
+    unguarded = await store.append(r.case_id, [r], None)  # Nats-Msg-Id dedup
+    assert first == again == unguarded
+    assert [e.envelope.event_id for e in await store.read(r.case_id)] == [r.event_id]
+
+
+async def test_a_redelivered_reaction_appends_nothing_new(store: EventStore) -> None:
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    # The reaction (dispatch reacting to CaseReported) runs twice, e.g. after a crash before ack.
+    await store.append(r.case_id, [dispatched(r)], v)
+    await store.append(r.case_id, [accepted(dispatched(r))], v + 1)
+    again = await store.append(r.case_id, [dispatched(r)], v)
+    history = await store.read(r.case_id)
+    assert [h.envelope.event_type for h in history] == ["CaseReported", "CaseDispatched",
+                                                        "CaseAccepted"]
+    assert again == history[1].sequence
+
+
+async def test_a_batch_lands_whole_or_not_at_all(store: EventStore) -> None:
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    d = dispatched(r)
+    batch = [d, accepted(d)]
+    with pytest.raises(ConcurrencyError):
+        await store.append(r.case_id, batch, v + 5)
+    assert len(await store.read(r.case_id)) == 1
+    new = await store.append(r.case_id, batch, v)
+    assert await store.append(r.case_id, batch, v) == new  # retried batch: recognised
+    assert [h.envelope.event_type for h in await store.read(r.case_id)] == [
+        "CaseReported", "CaseDispatched", "CaseAccepted"]
+
+
+async def test_read_returns_only_that_case_in_order_across_pages(store: EventStore) -> None:
+    from gridloop_events import store as store_module
+
+    a, b = reported(), reported()
+    va = await store.append(a.case_id, [a], 0)
+    await store.append(b.case_id, [b], 0)
+    d = dispatched(a)
+    va = await store.append(a.case_id, [d], va)
+    original = store_module.READ_BATCH
+    store_module.READ_BATCH = 1  # force several direct-get pages
+    try:
+        history = await store.read(a.case_id)
+    finally:
+        store_module.READ_BATCH = original
+    assert [h.envelope.event_id for h in history] == [a.event_id, d.event_id]
+    assert history[0].sequence < history[1].sequence
+    assert await store.version(a.case_id) == va
+    assert await store.read("no-such-case") == []
+
+
+async def test_events_of_other_cases_do_not_conflict(store: EventStore) -> None:
+    a, b = reported(), reported()
+    await asyncio.gather(store.append(a.case_id, [a], 0), store.append(b.case_id, [b], 0))
+    assert await store.last_sequence() == 2
+
+
+async def test_append_refuses_events_of_another_case(store: EventStore) -> None:
+    a, b = reported(), reported()
+    with pytest.raises(ValueError, match="belongs to case"):
+        await store.append(a.case_id, [b], 0)
+
+
+async def test_subjects_let_an_outsider_filter_by_district_and_type(store: EventStore) -> None:
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    await store.append(r.case_id, [dispatched(r)], v)
+    got = [s async for s in store.read_all(1, None, [store.subjects.of_type("CaseDispatched")])]
+    assert len(got) == 1 and got[0][1].endswith(".CaseDispatched")
+    got = [s async for s in store.read_all(1, None, [store.subjects.district("999999")])]
+    assert got == []
+    body = json.loads(got[0][2]) if got else json.loads(encode(r))
+    assert body["district"] == "370105"
+
+
+async def test_store_errors_other_than_conflicts_are_reported(store: EventStore) -> None:
+    big = reported(description="长" * 4000)
+    # A message far over max_msg_size would be refused; simulate with a stream that does not
+    # match the subject instead: publishing to an unknown stream is an AppendError, not silence.
+    other = EventStore(store.nc, Subjects(store.subjects.prefix + "_nostream"))
+    with pytest.raises(Exception) as info:
+        await other.append(big.case_id, [big], 0)
+    assert not isinstance(info.value, ConcurrencyError)
+    assert isinstance(info.value, (AppendError, nats.errors.NoRespondersError,
+                                   nats.js.errors.NoStreamResponseError))
