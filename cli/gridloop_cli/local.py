@@ -1,0 +1,123 @@
+"""`gridloop up`: NATS, PostgreSQL and the four services on this machine, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gridloop_events.servers import provide_servers
+from gridloop_events.service import DEFAULT_PORTS
+
+console = Console()
+SERVICES = ("intake", "dispatch", "escalation", "feedback")
+
+
+def _ensure_database(admin_url: str, name: str) -> str:
+    import asyncio
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} not ready on port {port} after {timeout:.0f}s")
+
+
+def up(
+    data_dir: Path = typer.Option(Path(".run"), help="Where NATS and PostgreSQL keep their data."),
+    nats_port: int = typer.Option(4222, help="NATS client port."),
+    postgres_port: int = typer.Option(55432, help="PostgreSQL port."),
+    test_clock: bool = typer.Option(False, help="Let /v1/admin/clock move escalation's clock."),
+) -> None:
+    """Start the whole system on embedded defaults and the demo district; Ctrl-C stops it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with provide_servers(
+        backend=os.environ.get("GRIDLOOP_SERVERS", "local") if not os.environ.get("NATS_URL") else None,
+        data_root=data_dir,
+        nats_port=nats_port,
+        postgres_port=postgres_port,
+    ) as servers:
+        database_url = _ensure_database(servers.database_url, "gridloop")
+        env = {
+            **os.environ,
+            "GRIDLOOP_NATS_URL": servers.nats_url,
+            "GRIDLOOP_DATABASE_URL": database_url,
+            "GRIDLOOP_ENV": os.environ.get("GRIDLOOP_ENV", "development"),
+        }
+        if test_clock:
+            env["GRIDLOOP_TEST_CLOCK"] = "1"
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            for name in SERVICES:
+                procs[name] = subprocess.Popen([sys.executable, "-m", f"gridloop_{name}"], env=env)
+            for name in SERVICES:
+                _wait_ready(name, DEFAULT_PORTS[name], procs[name], timeout=90)
+            table = Table(title="Gridloop is up")
+            table.add_column("service")
+            table.add_column("API")
+            table.add_column("docs")
+            for name in SERVICES:
+                base = f"http://127.0.0.1:{DEFAULT_PORTS[name]}"
+                table.add_row(name, base, f"{base}/docs")
+            table.add_row("nats", servers.nats_url, "stream GRIDLOOP_CASES")
+            table.add_row("postgres", database_url, "one schema per service")
+            console.print(table)
+            console.print("Traffic: [bold]make simulate[/bold] in another terminal. "
+                          "Ctrl-C stops everything.")
+            while not stopping:
+                for name, proc in procs.items():
+                    if proc.poll() is not None:
+                        console.print(f"[red]{name} exited ({proc.returncode})[/red]")
+                        stopping = True
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            console.print("stopping services…")
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            console.print("stopping NATS and PostgreSQL…")
+    console.print("stopped.")
