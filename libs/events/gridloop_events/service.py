@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import nats
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -136,6 +137,9 @@ class Runtime:
         )
         await self.store.ensure_stream()
         for projection in self.projections:
+            # Projections that react need the store, which exists only from here on.
+            if getattr(projection, "store", False) is None:
+                projection.store = self.store  # type: ignore[attr-defined]
             runner = ProjectionRunner(self.nc, self.pool, self.store, projection)
             await runner.start()
             self.runners.append(runner)
@@ -260,10 +264,31 @@ def create_service_app(
         )
         return response
 
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(operations_router(runtime))
     for router in routers:
         app.include_router(router)
     return app
+
+
+async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+    """Bad input answers 422 naming the offending field, in the shape DomainError uses, so all
+    four services answer bad input the same way."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")}
+        for e in exc.errors()
+    ] or [{"field": "body", "message": "invalid request"}]
+    first = errors[0]
+    detail = {"reason": f"{first['field']}: {first['message']}", "field": first["field"],
+              "errors": errors}
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _field(loc: tuple[object, ...] | list[object]) -> str:
+    """('body', 'rating') -> 'rating': which part of the request is the handler's business."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
