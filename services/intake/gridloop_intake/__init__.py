@@ -1,0 +1,1 @@
+"""Gridloop intake: takes residents' reports, records CaseReported, keeps the case register."""

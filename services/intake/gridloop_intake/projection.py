@@ -1,0 +1,102 @@
+"""The case register: one row per case, rewritten from the folded state after every event."""
+
+from __future__ import annotations
+
+import asyncpg
+from gridloop_events.case_projection import CaseProjection
+from gridloop_events.envelope import StoredEvent
+from gridloop_events.lifecycle import CaseState
+
+from .domain.register import event_columns, overdue_since, state_columns
+
+REGISTER_DDL = """
+CREATE TABLE IF NOT EXISTS cases (
+    case_id           text PRIMARY KEY,
+    district          text NOT NULL,
+    status            text NOT NULL,
+    category_code     text,
+    severity          text,
+    channel           text,
+    description       text,
+    lat               double precision,
+    lon               double precision,
+    address           text,
+    street            text,
+    community         text,
+    compound          text,
+    grid              text,
+    tier              text,
+    kind              text,
+    unit_code         text,
+    handler_id        text,
+    urgent            boolean NOT NULL,
+    escalation_level  integer NOT NULL,
+    accept_due        timestamptz,
+    resolve_due       timestamptz,
+    dispatch_due      timestamptz,
+    callback_due      timestamptz,
+    next_due          timestamptz,
+    overdue_since     timestamptz,
+    reported_at       timestamptz,
+    updated_at        timestamptz,
+    closed_at         timestamptz,
+    outcome           text,
+    resolution        text,
+    rating            text,
+    event_count       integer NOT NULL,
+    dispatch_count    integer NOT NULL,
+    close_count       integer NOT NULL,
+    unsatisfied_count integer NOT NULL,
+    missed_count      integer NOT NULL,
+    version           bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_newest ON cases (reported_at DESC, case_id DESC);
+CREATE INDEX IF NOT EXISTS cases_status ON cases (status, reported_at DESC);
+CREATE INDEX IF NOT EXISTS cases_grid ON cases (grid, reported_at DESC);
+CREATE INDEX IF NOT EXISTS cases_community ON cases (community, reported_at DESC);
+CREATE INDEX IF NOT EXISTS cases_unit ON cases (unit_code, reported_at DESC);
+CREATE INDEX IF NOT EXISTS cases_category ON cases (category_code, reported_at DESC);
+CREATE INDEX IF NOT EXISTS cases_next_due ON cases (next_due) WHERE next_due IS NOT NULL;
+"""
+
+# Columns only some events carry keep their value when a later event has none to give.
+_KEPT = ("channel", "description", "lat", "lon", "address", "compound", "resolution")
+
+
+class IntakeProjection(CaseProjection):
+    name = "intake"
+    schema = "intake"
+    event_types = None  # every event moves a case's status, deadlines or counts
+    tables = ("case_state", "cases")
+
+    def __init__(self, schema: str = "intake") -> None:
+        super().__init__(store=None)  # intake only records; it never reacts
+        self.schema = schema
+
+    async def create_service_tables(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(REGISTER_DDL)
+
+    async def on_event(
+        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+    ) -> None:
+        current = await conn.fetchval(
+            "SELECT overdue_since FROM cases WHERE case_id = $1", after.case_id
+        )
+        row = {
+            **state_columns(after),
+            "overdue_since": overdue_since(current, stored, before),
+            **{k: None for k in _KEPT},
+            **event_columns(stored),
+        }
+        names = list(row)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        updates = ", ".join(
+            f"{n} = COALESCE(EXCLUDED.{n}, cases.{n})" if n in _KEPT else f"{n} = EXCLUDED.{n}"
+            for n in names
+            if n != "case_id"
+        )
+        await conn.execute(
+            f"INSERT INTO cases ({', '.join(names)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
+            *row.values(),
+        )
