@@ -148,6 +148,7 @@ class Runtime:
         log.info("service.started", port=s.port, projections=[p.name for p in self.projections])
 
     async def stop(self) -> None:
+        log.info("service.stopping")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -160,7 +161,13 @@ class Runtime:
             await runner.stop()
         self.runners.clear()
         if self.nc is not None:
-            await self.nc.drain()
+            # Not drain(): runners are stopped and every append was acknowledged, so nothing is
+            # in flight; drain() can wait on a cancelled pull request's inbox for ever.
+            try:
+                await asyncio.wait_for(self.nc.flush(), timeout=2)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            await self.nc.close()
         if self.pool is not None:
             await self.pool.close()
         log.info("service.stopped")

@@ -1,0 +1,99 @@
+"""The four services as separate processes on real NATS and PostgreSQL, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gridloop_events.servers import find_free_port
+
+SERVICES = ("intake", "dispatch", "escalation", "feedback")
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    ports: dict[str, int]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def start(self, service: str, timeout: float = 60.0) -> None:
+        log = open(self.log_dir / f"{service}.log", "ab")
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", f"gridloop_{service}"], env=self.env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready(service, timeout)
+
+    def wait_ready(self, service: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.procs[service]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{service} exited: {self.log_tail(service)}")
+            try:
+                if httpx.get(f"{self.url(service)}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{service} not ready: {self.log_tail(service)}")
+
+    def kill(self, service: str) -> None:
+        proc = self.procs.pop(service)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop(self, service: str) -> None:
+        proc = self.procs.pop(service)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, service: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{service}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
+
+
+@pytest.fixture
+def system(nats_url: str, fresh_database: str, fresh_stream_prefix: str,
+           tmp_path: Path) -> Iterator[System]:
+    ports = {name: find_free_port() for name in SERVICES}
+    env = {
+        **os.environ,
+        "GRIDLOOP_NATS_URL": nats_url,
+        "GRIDLOOP_DATABASE_URL": fresh_database,
+        "GRIDLOOP_SUBJECT_PREFIX": fresh_stream_prefix,
+        "GRIDLOOP_TEST_CLOCK": "1",
+        "GRIDLOOP_ENV": "production",
+        "GRIDLOOP_LOG_LEVEL": "DEBUG",
+        **{f"GRIDLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    }
+    system = System(env=env, ports=ports, log_dir=tmp_path)
+    try:
+        for name in SERVICES:
+            system.start(name)
+        yield system
+    finally:
+        for name in list(system.procs):
+            system.stop(name)
