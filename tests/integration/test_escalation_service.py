@@ -326,7 +326,6 @@ async def test_two_instances_ticking_together_report_one_miss(
             for r, d in cases:
                 missed = await of_type(store, r.case_id, "DeadlineMissed")
                 assert [m.payload.deadline_id for m in missed] == [f"accept:{d.event_id}"]
-            assert one.ticker.stats.missed + two.ticker.stats.missed >= len(cases)
 
             # The projecting instance goes away: the other takes over and keeps watching.
             if one.leads:
@@ -337,7 +336,11 @@ async def test_two_instances_ticking_together_report_one_miss(
                 two_was_leader = outer.pop_all()
                 await two_was_leader.aclose()
             late, _ = await new_dispatched_case(store, accept_in=30)
-            await eventually(lambda: _status(survivor, late.case_id, "accept", "pending"))
+            try:
+                await eventually(lambda: _status(survivor, late.case_id, "accept", "pending"))
+            except AssertionError:
+                print("DEBUG", survivor.leads, survivor.app.state.leader.runner and survivor.app.state.leader.runner.stats, await store.last_sequence())
+                raise
             assert survivor.leads
         finally:
             await first.aclose()

@@ -169,3 +169,35 @@ async def test_store_errors_other_than_conflicts_are_reported(store: EventStore)
     assert not isinstance(info.value, ConcurrencyError)
     assert isinstance(info.value, (AppendError, nats.errors.NoRespondersError,
                                    nats.js.errors.NoStreamResponseError))
+
+
+async def test_every_case_is_a_hash_chain_and_the_audit_finds_a_rewrite(store: EventStore) -> None:
+    from gridloop_events.audit import verify_all, verify_case
+    from gridloop_events.codec import content_hash
+
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    d = dispatched(r)
+    v = await store.append(r.case_id, [d, accepted(d)], v)  # a batch chains inside too
+    history = await store.read(r.case_id)
+    assert history[0].envelope.prev_hash is None
+    assert history[1].envelope.prev_hash == history[0].content_hash
+    assert history[2].envelope.prev_hash == history[1].content_hash
+    assert (await verify_case(store, r.case_id)).ok
+    report = await verify_all(store)
+    assert report.ok and report.events == 3 and report.cases == 1
+
+    # Rewrite history into a second stream the way a tamperer would: change one stored event.
+    tampered = EventStore(store.nc, Subjects(store.subjects.prefix + "_x"))
+    await tampered.ensure_stream()
+    for i, h in enumerate(history):
+        body = encode(h.envelope)
+        if i == 1:
+            body = body.replace(b"triage", b"TRIAGE")
+        await tampered.js.publish(
+            tampered.subjects.event("370105", r.case_id, h.envelope.event_type), body,
+            headers={"Gridloop-Content-Hash": h.content_hash})
+    found = (await verify_all(tampered)).findings
+    assert [(f.position, "content changed" in f.problem) for f in found] == [(1, True)]
+    assert found[0].case_id == r.case_id
+    assert content_hash(encode(history[1].envelope)) == history[1].content_hash

@@ -51,7 +51,8 @@ async def execute(
         if not events:
             return Outcome((), state.version, state)
         try:
-            version = await store.append(case_id, events, state.version)
+            version = await store.append(case_id, events, state.version,
+                                         prev_hash=state.last_hash)
             return Outcome(events, version, state)
         except ConcurrencyError:
             log.info("command.conflict", case_id=case_id, version=state.version)

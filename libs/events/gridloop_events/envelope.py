@@ -91,6 +91,9 @@ class Envelope(BaseModel):
     actor: Actor
     correlation_id: str = Field(min_length=1, max_length=128)
     causation_id: str | None = Field(default=None, max_length=128)
+    # The content hash of the case's previous event: a hash chain per case, so any change,
+    # removal or reordering of a stored event breaks the chain where it happened.
+    prev_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     payload: SerializeAsAny[Payload]
 
     @field_validator("occurred_at", "recorded_at")
@@ -169,6 +172,8 @@ class StoredEvent(BaseModel):
     sequence: int
     subject: str
     envelope: Envelope
+    # sha256 of the bytes as stored: what the next event of the case chains to.
+    content_hash: str = ""
 
     @property
     def event(self) -> Envelope:

@@ -88,6 +88,7 @@ class CaseState:
     rating: Rating | None = None
     unsatisfied_count: int = 0
     last_event_at: datetime | None = None
+    last_hash: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -112,6 +113,7 @@ def evolve(state: CaseState, stored: StoredEvent) -> CaseState:
         version=stored.sequence,
         events=state.events + 1,
         last_event_at=e.occurred_at,
+        last_hash=stored.content_hash or state.last_hash,
     )
     match p:
         case CaseReported():

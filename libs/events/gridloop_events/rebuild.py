@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from .codec import CodecError, decode
+from .codec import CodecError, content_hash, decode
 from .envelope import StoredEvent
 from .projection import (
     Projection,
@@ -92,9 +92,9 @@ async def _apply_range(
                     continue
                 try:
                     async with conn.transaction():
-                        await projection.apply(
-                            conn, StoredEvent(sequence=seq, subject=subject, envelope=envelope)
-                        )
+                        await projection.apply(conn, StoredEvent(
+                            sequence=seq, subject=subject, envelope=envelope,
+                            content_hash=content_hash(data)))
                 except Exception as exc:  # noqa: BLE001 - same poison rule as the live runner
                     await record_dead_letter(
                         conn,
@@ -112,7 +112,7 @@ async def _apply_range(
             progress(len(pending))
         pending.clear()
 
-    async for seq, subject, data in store.read_all(start, until, filters):
+    async for seq, subject, data, _ in store.read_all(start, until, filters):
         if to_time is not None and decode(data, store.registry).recorded_at > to_time:
             break
         pending.append((seq, subject, data))
@@ -161,15 +161,15 @@ async def rebuild(
             shadow_checkpoint = await read_checkpoint(conn, projection.name)
             if live_checkpoint > shadow_checkpoint:
                 # Events the live runner applied while the shadow was being built.
-                async for seq, subject, data in store.read_all(
+                async for seq, subject, data, _ in store.read_all(
                     shadow_checkpoint + 1, live_checkpoint
                 ):
                     envelope = decode(data, store.registry)
                     if projection.event_types and envelope.event_type not in projection.event_types:
                         continue
-                    await projection.apply(
-                        conn, StoredEvent(sequence=seq, subject=subject, envelope=envelope)
-                    )
+                    await projection.apply(conn, StoredEvent(
+                        sequence=seq, subject=subject, envelope=envelope,
+                        content_hash=content_hash(data)))
                     count += 1
                 await write_checkpoint(conn, projection.name, live_checkpoint)
                 last = live_checkpoint

@@ -26,7 +26,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .codec import CodecError, decode
+from .codec import CodecError, content_hash, decode
 from .envelope import StoredEvent
 from .logging import get_logger
 from .projection import (
@@ -256,7 +256,8 @@ class ProjectionRunner:
         except CodecError as exc:
             await self._dead_letter(conn, msg, seq, f"undecodable: {exc}")
             return "dead"
-        stored = StoredEvent(sequence=seq, subject=msg.subject, envelope=envelope)
+        stored = StoredEvent(sequence=seq, subject=msg.subject, envelope=envelope,
+                             content_hash=content_hash(msg.data))
         if not isolate:
             await self._apply_and_react(conn, stored)
             return "applied"

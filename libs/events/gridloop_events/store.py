@@ -11,13 +11,14 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import nats.js.api as jsapi
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NotFoundError
 
-from .codec import REGISTRY, Registry, decode, encode
+from .codec import REGISTRY, Registry, content_hash, decode, encode
 from .envelope import Envelope, StoredEvent
 from .logging import get_logger
 from .subjects import Subjects
@@ -27,6 +28,25 @@ log = get_logger(__name__)
 WRONG_LAST_SEQUENCE = 10071
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: long enough for client retries, short for memory
 READ_BATCH = 1000
+CONTENT_HASH_HEADER = "Gridloop-Content-Hash"
+
+
+class RawEvent(NamedTuple):
+    sequence: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+def chain(events: Sequence[Envelope], prev_hash: str | None) -> list[Envelope]:
+    """Link events into the case's hash chain, each to the content hash of the one before."""
+    linked = []
+    for event in events:
+        if event.prev_hash != prev_hash:
+            event = event.model_copy(update={"prev_hash": prev_hash})
+        linked.append(event)
+        prev_hash = content_hash(encode(event))
+    return linked
 
 
 class ConcurrencyError(Exception):
@@ -102,17 +122,27 @@ class EventStore:
     # --- writing ---------------------------------------------------------------------------
 
     async def append(
-        self, case_id: str, events: Sequence[Envelope], expected_version: int | None
+        self,
+        case_id: str,
+        events: Sequence[Envelope],
+        expected_version: int | None,
+        *,
+        prev_hash: str | None = None,
     ) -> int:
         """Append events to one case; returns the case's new version.
 
         `expected_version=None` skips the check (only for events whose order does not matter).
+        `prev_hash` is the content hash of the case's event at `expected_version`; callers that
+        folded the case have it (`CaseState.last_hash`), otherwise the store reads it.
         """
         if not events:
             raise ValueError("nothing to append")
         for e in events:
             if e.case_id != case_id:
                 raise ValueError(f"event {e.event_id} belongs to case {e.case_id}, not {case_id}")
+        if prev_hash is None and expected_version != 0:
+            prev_hash = await self._hash_at(case_id, expected_version)
+        events = chain(events, prev_hash)
         try:
             if len(events) == 1:
                 return await self._publish_one(case_id, events[0], expected_version)
@@ -124,6 +154,12 @@ class EventStore:
             if stored is None:
                 raise
             return stored
+
+    async def _hash_at(self, case_id: str, version: int | None) -> str | None:
+        history = await self.read(case_id)
+        if version is not None:
+            history = [h for h in history if h.sequence <= version]
+        return history[-1].content_hash if history else None
 
     async def _already_stored(
         self, case_id: str, events: Sequence[Envelope], after: int
@@ -147,8 +183,12 @@ class EventStore:
 
     async def _publish_one(self, case_id: str, event: Envelope, expected: int | None) -> int:
         subject = self.subjects.event(event.district, case_id, event.event_type)
-        headers = {"Nats-Msg-Id": str(event.event_id), **self._guard(case_id, expected)}
         data = encode(event)
+        headers = {
+            "Nats-Msg-Id": str(event.event_id),
+            CONTENT_HASH_HEADER: content_hash(data),
+            **self._guard(case_id, expected),
+        }
         for attempt in range(3):
             try:
                 ack = await self.js.publish(subject, data, headers=headers)
@@ -174,10 +214,14 @@ class EventStore:
         last = len(events)
         for i, event in enumerate(events, start=1):
             subject = self.subjects.event(event.district, case_id, event.event_type)
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+            data = encode(event)
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(i),
+                CONTENT_HASH_HEADER: content_hash(data),
+            }
             if i == 1:
                 headers.update(self._guard(case_id, expected))
-            data = encode(event)
             if i < last:
                 await self.nc.publish(subject, data, headers=headers)
                 continue
@@ -238,6 +282,7 @@ class EventStore:
                         sequence=int(headers["Nats-Sequence"]),
                         subject=headers["Nats-Subject"],
                         envelope=decode(msg.data, self.registry),
+                        content_hash=content_hash(msg.data),
                     )
                 )
         finally:
@@ -257,7 +302,8 @@ class EventStore:
         """Every stored event from `start` to `until` (default: the tip when called), in order.
 
         An ephemeral pull consumer without acks: the fastest way to drain the log, for replays.
-        Yields raw (sequence, subject, data) so a caller decides when to pay for decoding.
+        Yields raw `(sequence, subject, data, headers)` so a caller decides when to pay for
+        decoding.
         """
         tip = until if until is not None else await self.last_sequence()
         if tip < start:
@@ -286,7 +332,7 @@ class EventStore:
                     seq = msg.metadata.sequence.stream
                     if seq > tip:
                         return
-                    yield seq, msg.subject, msg.data
+                    yield RawEvent(seq, msg.subject, msg.data, msg.headers or {})
                     if seq == tip:
                         return
         finally:
