@@ -121,3 +121,7 @@ def up(
                     proc.kill()
             console.print("stopping NATS and PostgreSQL…")
     console.print("stopped.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)

@@ -221,3 +221,7 @@ def simulate(
         await sim.client.aclose()
 
     asyncio.run(run())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
