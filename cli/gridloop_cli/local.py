@@ -84,17 +84,20 @@ def up(
             stopping = True
 
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         try:
             for name in SERVICES:
                 procs[name] = subprocess.Popen([sys.executable, "-m", f"gridloop_{name}"], env=env)
+            ports = {name: int(os.environ.get(f"GRIDLOOP_{name.upper()}_PORT",
+                                              DEFAULT_PORTS[name])) for name in SERVICES}
             for name in SERVICES:
-                _wait_ready(name, DEFAULT_PORTS[name], procs[name], timeout=90)
+                _wait_ready(name, ports[name], procs[name], timeout=90)
             table = Table(title="Gridloop is up")
             table.add_column("service")
             table.add_column("API")
             table.add_column("docs")
             for name in SERVICES:
-                base = f"http://127.0.0.1:{DEFAULT_PORTS[name]}"
+                base = f"http://127.0.0.1:{ports[name]}"
                 table.add_row(name, base, f"{base}/docs")
             table.add_row("nats", servers.nats_url, "stream GRIDLOOP_CASES")
             table.add_row("postgres", database_url, "one schema per service")

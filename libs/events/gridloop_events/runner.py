@@ -200,7 +200,8 @@ class ProjectionRunner:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # An idle stream: nats-py raises either class depending on where it waited.
                 self._caught_up.set()
                 continue
             if msgs:
