@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from gridloop_events.clock import Clock, OffsetClock, SystemClock
 from gridloop_events.logging import get_logger
@@ -26,16 +26,6 @@ def _clock(settings: EscalationSettings, clock: Clock | None) -> Clock:
     if clock is not None:
         return clock
     return OffsetClock() if settings.test_clock else SystemClock()
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    """Same shape as gridloop_events.http.http_error: a reason naming the field."""
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    field = ".".join(loc) or None
-    reason = f"{field}: {first.get('msg', 'invalid')}" if field else first.get("msg", "invalid")
-    return JSONResponse(status_code=422, content={"detail": {"reason": reason, "field": field}})
 
 
 def create_app(settings: EscalationSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -70,7 +60,16 @@ def create_app(settings: EscalationSettings | None = None, *, clock: Clock | Non
         "the overdue list and the department report-in rate (部门报到率).",
         routers=routers,
     )
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    # The read API must find its tables on a standby too, before any leader ever ran.
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        async with started(a):
+            await ensure_tables(runtime, projection)
+            yield
+
+    app.router.lifespan_context = lifespan
     app.state.ticker = ticker
     app.state.leader = leader
     app.state.clock = clock

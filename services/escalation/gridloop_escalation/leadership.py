@@ -59,7 +59,8 @@ class ProjectionLeader:
                     await asyncio.sleep(self.retry_seconds)
             finally:
                 self.runner = None
-                runtime.runners.remove(runner)
+                if runner in runtime.runners:
+                    runtime.runners.remove(runner)
                 await runner.stop()
         finally:
             await conn.close()
