@@ -202,7 +202,8 @@ async def test_exactly_once_through_sigkills_during_10k_events(  # type: ignore[
         async with pool.acquire() as conn:
             try:
                 return int(await conn.fetchval(
-                    "SELECT last_sequence FROM tally.checkpoint WHERE projection='tally'") or 0)
+                    "SELECT max(last_sequence) FROM tally.checkpoint WHERE projection='tally'")
+                    or 0)
             except asyncpg.UndefinedTableError:
                 return 0
 
@@ -247,3 +248,54 @@ async def test_stored_v1_event_is_read_as_v2(env) -> None:  # type: ignore[no-un
     assert history[-1].envelope.schema_version == 2
     assert history[-1].envelope.payload.details == "已清理"
     assert history[0].envelope == r  # other types pass through untouched
+
+
+async def test_two_instances_split_the_partitions_and_keep_each_case_in_order(env) -> None:  # type: ignore[no-untyped-def]
+    nc, pool, store = env
+    expected = await seed(store, cases=40, per_case=8)
+    halves = [[p for p in range(16) if p % 2 == i] for i in range(2)]
+    runners = [ProjectionRunner(nc, pool, store, TallyProjection(), partitions=h, batch_size=16)
+               for h in halves]
+    for r in runners:
+        await r.start()
+    more = asyncio.create_task(seed(store, cases=20, per_case=5))
+    try:
+        await more
+        expected.update(more.result())
+        tip = await store.last_sequence()
+        for r in runners:
+            await r.wait_caught_up(tip, timeout=60)
+        assert all(r.stats.applied > 0 for r in runners)  # both did work
+        applied = await rows(pool, "tally", "applied")
+        assert len(applied) == tip  # none twice (primary key), none skipped
+        by_case: dict[str, list[int]] = {}
+        for seq, case_id, _ in applied:
+            by_case.setdefault(case_id, []).append(seq)
+        tally = {r[0]: r for r in await rows(pool, "tally", "tally")}
+        for case_id, count in expected.items():
+            assert tally[case_id][1] == count
+            assert tally[case_id][3].split(",")[0] == "CaseReported"
+            assert tally[case_id][2] == max(by_case[case_id])  # last applied = last in the log
+    finally:
+        for r in runners:
+            await r.stop()
+
+
+async def test_a_standby_instance_takes_over_when_the_owner_stops(env) -> None:  # type: ignore[no-untyped-def]
+    nc, pool, store = env
+    await seed(store, cases=10, per_case=4)
+    first = ProjectionRunner(nc, pool, store, TallyProjection(), claim_interval=0.3)
+    second = ProjectionRunner(nc, pool, store, TallyProjection(), claim_interval=0.3)
+    await first.start()
+    await first.wait_caught_up()
+    await second.start()
+    await asyncio.sleep(1.0)
+    assert second.owned == [] and second.stats.applied == 0  # a standby: all partitions taken
+    await first.stop()
+    await seed(store, cases=5, per_case=3)
+    try:
+        await second.wait_caught_up(timeout=30)
+        assert second.owned == list(range(16))
+        assert len(await rows(pool, "tally", "applied")) == await store.last_sequence() == 55
+    finally:
+        await second.stop()

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from gridloop_events.catalogue import CaseClosed, CaseReported, Location
 from gridloop_events.codec import CodecError, Registry, decode, default_registry, encode
 from gridloop_events.envelope import Actor, Envelope, Payload, derived_event_id, new_event_id
-from gridloop_events.subjects import Subjects
+from gridloop_events.subjects import Subjects, partition_of
 from gridloop_events.testing import T0, ClosedV2, closed_v2_registry, dispatched, reported
 from gridloop_events.vocabulary import Outcome, Tier
 
@@ -119,15 +119,33 @@ def test_registry_refuses_two_classes_for_one_name() -> None:
 
 def test_subject_scheme_filters_by_district_type_and_case() -> None:
     s = Subjects("gridloop")
+    p = s.partition("c-1")
+    assert 0 <= p < 16 and p == partition_of("c-1")  # stable: a hash, not Python's hash()
     subject = s.event("370105", "c-1", "CaseReported")
-    assert subject == "gridloop.case.370105.c-1.CaseReported"
+    assert subject == f"gridloop.case.370105.{p:02d}.c-1.CaseReported"
     assert s.parse(subject) == ("370105", "c-1", "CaseReported")
-    assert s.district("370105") == "gridloop.case.370105.*.*"
-    assert s.of_type("CaseClosed") == "gridloop.case.*.*.CaseClosed"
-    assert s.case("c-1") == "gridloop.case.*.c-1.*"
+    assert s.partition_of_subject(subject) == p
+    assert s.district("370105") == "gridloop.case.370105.>"
+    assert s.of_type("CaseClosed") == "gridloop.case.*.*.*.CaseClosed"
+    assert s.case("c-1") == f"gridloop.case.*.{p:02d}.c-1.*"
+    assert s.of_partition(3) == "gridloop.case.*.03.>"
     assert s.stream_name == "GRIDLOOP_CASES"
     with pytest.raises(ValueError):
         s.parse("other.case.x.y.z")
+    # Cases spread over the partitions.
+    assert len({s.partition(f"case-{i}") for i in range(200)}) == 16
+
+
+def test_partition_shares_for_instances() -> None:
+    from gridloop_events.service import parse_partitions
+
+    assert parse_partitions(None, None) is None
+    assert parse_partitions("0-3,8", None) == [0, 1, 2, 3, 8]
+    assert parse_partitions(None, "1/4") == [1, 5, 9, 13]
+    shares = [set(parse_partitions(None, f"{i}/3") or []) for i in range(3)]
+    assert set().union(*shares) == set(range(16)) and sum(map(len, shares)) == 16
+    with pytest.raises(ValueError):
+        parse_partitions(None, "3/3")
 
 
 def test_personal_fields_are_declared_on_the_payload() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gridloop_events.subjects import Subjects
+
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -127,7 +129,7 @@ class Case:
         self.before = self.state
         self.events.append(envelope)
         stored = StoredEvent(sequence=len(self.events),
-                             subject=f"gridloop.case.{DISTRICT}.{envelope.case_id}.x",
+                             subject=Subjects().event(DISTRICT, envelope.case_id, "x"),
                              envelope=envelope)
         self.state = evolve(self.state, stored)
         return envelope

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gridloop_events.subjects import Subjects
+
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -71,7 +73,7 @@ class Case:
         env = Envelope.new(payload, case_id=self.case_id, district=DISTRICT, actor=OPERATOR,
                            correlation_id="corr-1", occurred_at=at)
         stored = StoredEvent(sequence=len(self.history) + 1,
-                             subject=f"gridloop.case.{DISTRICT}.{self.case_id}.{env.event_type}",
+                             subject=Subjects().event(DISTRICT, self.case_id, env.event_type),
                              envelope=env)
         self.history.append(stored)
         return stored

@@ -17,9 +17,11 @@ SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 COMMON_DDL = """
 CREATE TABLE IF NOT EXISTS checkpoint (
-    projection    text PRIMARY KEY,
+    projection    text NOT NULL,
+    partition     int NOT NULL,
     last_sequence bigint NOT NULL,
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, partition)
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     projection  text NOT NULL,
@@ -71,20 +73,33 @@ async def ensure_schema(conn: asyncpg.Connection, projection: Projection, schema
         await projection.create_tables(conn)
 
 
-async def read_checkpoint(conn: asyncpg.Connection, projection: str) -> int:
-    value = await conn.fetchval(
-        "SELECT last_sequence FROM checkpoint WHERE projection = $1", projection
-    )
-    return int(value or 0)
-
-
-async def write_checkpoint(conn: asyncpg.Connection, projection: str, sequence: int) -> None:
-    await conn.execute(
-        """INSERT INTO checkpoint (projection, last_sequence, updated_at) VALUES ($1, $2, now())
-           ON CONFLICT (projection) DO UPDATE
-           SET last_sequence = EXCLUDED.last_sequence, updated_at = now()""",
+async def read_checkpoints(
+    conn: asyncpg.Connection, projection: str, lock: bool = False
+) -> dict[int, int]:
+    """Last applied stream sequence per partition (a missing partition is at 0)."""
+    rows = await conn.fetch(
+        "SELECT partition, last_sequence FROM checkpoint WHERE projection = $1"
+        + (" FOR UPDATE" if lock else ""),
         projection,
-        sequence,
+    )
+    return {r["partition"]: int(r["last_sequence"]) for r in rows}
+
+
+async def write_checkpoints(
+    conn: asyncpg.Connection, projection: str, sequences: dict[int, int]
+) -> None:
+    if not sequences:
+        return
+    parts = sorted(sequences)
+    await conn.execute(
+        """INSERT INTO checkpoint (projection, partition, last_sequence, updated_at)
+           SELECT $1, p, s, now() FROM unnest($2::int[], $3::bigint[]) AS t(p, s)
+           ON CONFLICT (projection, partition) DO UPDATE
+           SET last_sequence = GREATEST(checkpoint.last_sequence, EXCLUDED.last_sequence),
+               updated_at = now()""",
+        projection,
+        parts,
+        [sequences[p] for p in parts],
     )
 
 

@@ -23,10 +23,10 @@ from .projection import (
     Projection,
     check_schema,
     ensure_schema,
-    read_checkpoint,
+    read_checkpoints,
     record_dead_letter,
     use_schema,
-    write_checkpoint,
+    write_checkpoints,
 )
 from .store import EventStore
 
@@ -107,7 +107,10 @@ async def _apply_range(
                     )
                 count += 1
             last = pending[-1][0]
-            await write_checkpoint(conn, projection.name, last)
+            # Every partition has seen the log up to `last`, whether it had events or not.
+            await write_checkpoints(
+                conn, projection.name, {p: last for p in range(store.subjects.partitions)}
+            )
         if progress:
             progress(len(pending))
         pending.clear()
@@ -156,14 +159,18 @@ async def rebuild(
             # the table, then finds the renamed shadow under the live name. A row lock would
             # deadlock with the DROP below.
             await conn.execute("LOCK TABLE checkpoint IN ACCESS EXCLUSIVE MODE")
-            live_checkpoint = await read_checkpoint(conn, projection.name)
+            live_cps = await read_checkpoints(conn, projection.name)
             await use_schema(conn, shadow)
-            shadow_checkpoint = await read_checkpoint(conn, projection.name)
-            if live_checkpoint > shadow_checkpoint:
-                # Events the live runner applied while the shadow was being built.
-                async for seq, subject, data, _ in store.read_all(
-                    shadow_checkpoint + 1, live_checkpoint
-                ):
+            shadow_cps = await read_checkpoints(conn, projection.name)
+            shadow_tip = max(shadow_cps.values(), default=0)
+            live_tip = max(live_cps.values(), default=0)
+            if live_tip > shadow_tip:
+                # Events the live runners applied while the shadow was being built: exactly
+                # those, partition by partition, so the swap changes nothing they did.
+                subjects = store.subjects
+                async for seq, subject, data, _ in store.read_all(shadow_tip + 1, live_tip):
+                    if seq > live_cps.get(subjects.partition_of_subject(subject), 0):
+                        continue
                     envelope = decode(data, store.registry)
                     if projection.event_types and envelope.event_type not in projection.event_types:
                         continue
@@ -171,8 +178,8 @@ async def rebuild(
                         sequence=seq, subject=subject, envelope=envelope,
                         content_hash=content_hash(data)))
                     count += 1
-                await write_checkpoint(conn, projection.name, live_checkpoint)
-                last = live_checkpoint
+                await write_checkpoints(conn, projection.name, live_cps)
+                last = live_tip
             await conn.execute(f"ALTER SCHEMA {live} RENAME TO {live}_retired")
             await conn.execute(f"ALTER SCHEMA {shadow} RENAME TO {live}")
         await conn.execute(f"DROP SCHEMA {live}_retired CASCADE")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -32,10 +33,10 @@ from .logging import get_logger
 from .projection import (
     Projection,
     ensure_schema,
-    read_checkpoint,
+    read_checkpoints,
     record_dead_letter,
     use_schema,
-    write_checkpoint,
+    write_checkpoints,
 )
 from .store import ConcurrencyError, EventStore
 
@@ -78,9 +79,11 @@ class ProjectionRunner:
         store: EventStore,
         projection: Projection,
         *,
+        partitions: Sequence[int] | None = None,
         batch_size: int = 256,
         fetch_timeout: float = 1.0,
         ack_wait: float = 60.0,
+        claim_interval: float = 2.0,
         after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
@@ -88,28 +91,44 @@ class ProjectionRunner:
         self.pool = pool
         self.store = store
         self.projection = projection
+        self.wanted = sorted(partitions if partitions is not None
+                             else range(store.subjects.partitions))
+        self.owned: list[int] = []
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
         self.ack_wait = ack_wait
+        self.claim_interval = claim_interval
         self.stats = RunnerStats()
         self._after_commit = after_commit or _fault_pause_from_env()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._caught_up = asyncio.Event()
+        # Each runner has a consumer of its own: two runners never share one, so neither can
+        # be handed a message out of order while the other holds the one before it.
+        self._instance = uuid.uuid4().hex[:8]
 
     @property
     def durable(self) -> str:
-        return f"{self.store.subjects.prefix.replace('.', '_')}_{self.projection.name}"
+        prefix = self.store.subjects.prefix.replace(".", "_")
+        return f"{prefix}_{self.projection.name}_{self._instance}"
 
     @property
     def schema(self) -> str:
         return self.projection.schema
 
-    def filter_subjects(self) -> list[str]:
-        types = self.projection.event_types
-        if not types:
-            return [self.store.subjects.all]
-        return sorted(self.store.subjects.of_type(t) for t in types)
+    def filter_subjects(self, partitions: Sequence[int]) -> list[str]:
+        subjects = self.store.subjects
+        types = sorted(self.projection.event_types or ())
+        if len(partitions) == subjects.partitions and not types:
+            return [subjects.all]
+        if types and len(types) * len(partitions) <= 64:
+            return [subjects.of_partition(p, t) for p in partitions for t in types]
+        if len(partitions) == subjects.partitions:
+            return [subjects.of_type(t) for t in types]
+        # Too many combinations for the server's filter list: filter types here instead.
+        return [subjects.of_partition(p) for p in partitions]
+
+    def _lock_key(self, partition: int) -> str:
+        return f"gridloop:{self.schema}:{self.projection.name}:{partition}"
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -131,25 +150,52 @@ class ProjectionRunner:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        try:
+            await self.js.delete_consumer(self.store.stream, self.durable)
+        except Exception:  # noqa: BLE001 - it expires on its own (inactive_threshold)
+            pass
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     async def wait_caught_up(self, sequence: int | None = None, timeout: float = 30.0) -> None:
-        """Wait until the checkpoint reaches `sequence` (default: the stream's tip now)."""
+        """Wait until every event of this runner's partitions up to `sequence` (default: the
+        stream's tip now) is applied and committed."""
         target = sequence if sequence is not None else await self.store.last_sequence()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.stats.checkpoint < target:
+        while not await self._caught_up_to(target):
             if loop.time() > deadline:
                 raise TimeoutError(
                     f"{self.projection.name} at {self.stats.checkpoint}, wanted {target}"
                 )
             await asyncio.sleep(0.02)
 
+    async def _caught_up_to(self, target: int) -> bool:
+        if self.stats.checkpoint >= target:
+            return True
+        if not self.owned or set(self.owned) != set(self.wanted):
+            return False
+        if await self.store.last_sequence() < target:
+            return False
+        try:
+            info = await self.js.consumer_info(self.store.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        # The tip was past the target before this look, and a batch is acknowledged only after
+        # its commit: nothing pending and nothing unacknowledged means all is applied.
+        return (info.num_pending or 0) == 0 and (info.num_ack_pending or 0) == 0
+
     async def lag(self) -> int:
-        return max(0, await self.store.last_sequence() - self.stats.checkpoint)
+        """Events of this runner's partitions not yet applied (the stream tip if it owns none)."""
+        if not self.owned:
+            return await self.store.last_sequence() if self.wanted else 0
+        try:
+            info = await self.js.consumer_info(self.store.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return await self.store.last_sequence()
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -157,9 +203,20 @@ class ProjectionRunner:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                sub = await self._position_consumer()
-                backoff = 0.1
-                await self._consume(sub)
+                # A session of its own: the partition locks live exactly as long as it does.
+                async with self.pool.acquire() as lock_conn:
+                    try:
+                        owned = await self._claim(lock_conn, self.wanted)
+                        if not owned:
+                            await asyncio.sleep(self.claim_interval)
+                            continue
+                        self.owned = owned
+                        sub = await self._position_consumer(owned)
+                        backoff = 0.1
+                        await self._consume(sub, lock_conn)
+                    finally:
+                        self.owned = []
+                        await _release_locks(lock_conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure here is retried, loudly
@@ -173,12 +230,35 @@ class ProjectionRunner:
                 await asyncio.sleep(backoff + random.random() * backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _position_consumer(self):  # type: ignore[no-untyped-def]
+    async def _claim(self, lock_conn: asyncpg.Connection, partitions: Sequence[int]) -> list[int]:
+        """Take the advisory lock of each partition that no other live instance holds."""
+        got = []
+        for p in partitions:
+            if await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))",
+                                        self._lock_key(p)):
+                got.append(p)
+        if got:
+            # Rows exist before anyone applies, so the per-batch FOR UPDATE always has a row
+            # to serialise on.
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    await use_schema(conn, self.schema)
+                    await conn.execute(
+                        """INSERT INTO checkpoint (projection, partition, last_sequence)
+                           SELECT $1, p, 0 FROM unnest($2::int[]) AS t(p)
+                           ON CONFLICT DO NOTHING""",
+                        self.projection.name, got,
+                    )
+            log.info("runner.claimed", projection=self.projection.name, partitions=got)
+        return got
+
+    async def _position_consumer(self, owned: Sequence[int]):  # type: ignore[no-untyped-def]
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await use_schema(conn, self.schema)
-                checkpoint = await read_checkpoint(conn, self.projection.name)
-        self.stats.checkpoint = checkpoint
+                checkpoints = await read_checkpoints(conn, self.projection.name)
+        start = min(checkpoints.get(p, 0) for p in owned)
+        self.stats.checkpoint = max([checkpoints.get(p, 0) for p in owned] + [0])
         try:
             await self.js.delete_consumer(self.store.stream, self.durable)
         except nats.js.errors.NotFoundError:
@@ -186,23 +266,32 @@ class ProjectionRunner:
         config = jsapi.ConsumerConfig(
             durable_name=self.durable,
             deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=checkpoint + 1,
+            opt_start_seq=start + 1,
             ack_policy=jsapi.AckPolicy.ALL,
             ack_wait=self.ack_wait,
             max_ack_pending=self.batch_size * 2,
             max_deliver=-1,
-            filter_subjects=self.filter_subjects(),
+            inactive_threshold=300.0,
+            filter_subjects=self.filter_subjects(owned),
         )
         await self.js.add_consumer(self.store.stream, config)
         return await self.js.pull_subscribe_bind(self.durable, self.store.stream)
 
-    async def _consume(self, sub) -> None:  # type: ignore[no-untyped-def]
+    async def _consume(self, sub, lock_conn: asyncpg.Connection) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + self.claim_interval
         while not self._stopping.is_set():
+            if loop.time() >= next_claim:
+                next_claim = loop.time() + self.claim_interval
+                # The lock session must be alive, or another instance may own these now.
+                await lock_conn.fetchval("SELECT 1")
+                missing = [p for p in self.wanted if p not in self.owned]
+                if missing and await self._claim(lock_conn, missing):
+                    return  # reposition with the larger set
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 # An idle stream: nats-py raises either class depending on where it waited.
-                self._caught_up.set()
                 continue
             if msgs:
                 await self._handle_batch(msgs)
@@ -224,28 +313,37 @@ class ProjectionRunner:
 
     async def _apply_batch(self, conn: asyncpg.Connection, msgs: list[Msg], isolate: bool) -> int:
         name = self.projection.name
+        subjects = self.store.subjects
+        types = self.projection.event_types
+        partitions = [subjects.partition_of_subject(msg.subject) for msg in msgs]
         async with conn.transaction():
             await use_schema(conn, self.schema)
-            # Row lock: a concurrent rebuild swap or a second instance waits for this batch.
-            checkpoint = await conn.fetchval(
-                "SELECT last_sequence FROM checkpoint WHERE projection = $1 FOR UPDATE", name
+            # Row locks: a rebuild's swap or a second runner on a partition waits for this batch.
+            rows = await conn.fetch(
+                """SELECT partition, last_sequence FROM checkpoint
+                   WHERE projection = $1 AND partition = ANY($2::int[]) FOR UPDATE""",
+                name, sorted(set(partitions)),
             )
-            checkpoint = int(checkpoint or 0)
-            last = checkpoint
+            checkpoints = {r["partition"]: int(r["last_sequence"]) for r in rows}
+            advanced: dict[int, int] = {}
             applied = skipped = dead = 0
-            for msg in msgs:
+            last = 0
+            for msg, p in zip(msgs, partitions, strict=True):
                 seq = msg.metadata.sequence.stream
-                if seq <= checkpoint:
+                last = max(last, seq)
+                if seq <= checkpoints.get(p, 0):
                     skipped += 1
+                    continue
+                advanced[p] = seq
+                checkpoints[p] = seq
+                if types and subjects.parse(msg.subject)[2] not in types:
                     continue
                 outcome = await self._apply_one(conn, msg, seq, isolate)
                 if outcome == "dead":
                     dead += 1
                 else:
                     applied += 1
-                last = seq
-            if last > checkpoint:
-                await write_checkpoint(conn, name, last)
+            await write_checkpoints(conn, name, advanced)
         self.stats.applied += applied
         self.stats.skipped += skipped
         self.stats.dead_lettered += dead
@@ -307,6 +405,13 @@ class ProjectionRunner:
         await record_dead_letter(
             conn, self.projection.name, seq, msg.subject, error, event_id, event_type
         )
+
+
+async def _release_locks(conn: asyncpg.Connection) -> None:
+    try:
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+    except Exception:  # noqa: BLE001 - a dead session released them already
+        pass
 
 
 def _fault_pause_from_env() -> Callable[[], Awaitable[None]] | None:

@@ -29,7 +29,7 @@ from .logging import configure_logging, get_logger
 from .projection import Projection
 from .runner import ProjectionRunner
 from .store import EventStore, StreamSettings
-from .subjects import DEFAULT_PREFIX, Subjects
+from .subjects import DEFAULT_PARTITIONS, DEFAULT_PREFIX, Subjects
 
 log = get_logger(__name__)
 
@@ -55,6 +55,9 @@ class ServiceSettings:
     schema: str = ""
     ready_max_lag: int = 1000
     stream_replicas: int = 1
+    # Which partitions this instance projects: None = all of them (one instance), or a share
+    # such as GRIDLOOP_INSTANCE=1/3. Advisory locks make a second claimant a standby.
+    partitions: list[int] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -72,7 +75,32 @@ class ServiceSettings:
             schema=_env(f"GRIDLOOP_{upper}_SCHEMA", default=service),
             ready_max_lag=int(_env("GRIDLOOP_READY_MAX_LAG", default="1000")),
             stream_replicas=int(_env("GRIDLOOP_STREAM_REPLICAS", default="1")),
+            partitions=parse_partitions(
+                _env(f"GRIDLOOP_{upper}_PARTITIONS", "GRIDLOOP_PARTITIONS"),
+                _env(f"GRIDLOOP_{upper}_INSTANCE", "GRIDLOOP_INSTANCE"),
+            ),
         )
+
+
+def parse_partitions(spec: str | None, instance: str | None,
+                     total: int = DEFAULT_PARTITIONS) -> list[int] | None:
+    """`0-7`, `0,3,5` or `all`; or an instance share `i/n` (partitions p with p % n == i)."""
+    if instance:
+        index, _, count = instance.partition("/")
+        i, n = int(index), int(count)
+        if not 0 <= i < n:
+            raise ValueError(f"GRIDLOOP_INSTANCE {instance!r}: want i/n with 0 <= i < n")
+        return [p for p in range(total) if p % n == i]
+    if not spec or spec == "all":
+        return None
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    bad = [p for p in out if not 0 <= p < total]
+    if bad:
+        raise ValueError(f"partitions {bad} outside 0..{total - 1}")
+    return sorted(out)
 
 
 class Metrics:
@@ -140,7 +168,8 @@ class Runtime:
             # Projections that react need the store, which exists only from here on.
             if getattr(projection, "store", False) is None:
                 projection.store = self.store  # type: ignore[attr-defined]
-            runner = ProjectionRunner(self.nc, self.pool, self.store, projection)
+            runner = ProjectionRunner(self.nc, self.pool, self.store, projection,
+                                      partitions=s.partitions)
             await runner.start()
             self.runners.append(runner)
         for job in self.background:

@@ -29,6 +29,7 @@ WRONG_LAST_SEQUENCE = 10071
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: long enough for client retries, short for memory
 READ_BATCH = 1000
 CONTENT_HASH_HEADER = "Gridloop-Content-Hash"
+PARTITIONS_METADATA = "gridloop.partitions"
 
 
 class RawEvent(NamedTuple):
@@ -107,6 +108,7 @@ class EventStore:
             deny_purge=True,
             allow_direct=True,
             allow_atomic=True,
+            metadata={PARTITIONS_METADATA: str(self.subjects.partitions)},
         )
 
     async def ensure_stream(self) -> None:
@@ -117,6 +119,13 @@ class EventStore:
             await self.js.add_stream(config)
             log.info("stream.created", stream=self.stream, subjects=config.subjects)
             return
+        info = await self.js.stream_info(self.stream)
+        recorded = (info.config.metadata or {}).get(PARTITIONS_METADATA)
+        if recorded is not None and int(recorded) != self.subjects.partitions:
+            raise AppendError(
+                f"stream {self.stream} was created with {recorded} partitions, this code uses "
+                f"{self.subjects.partitions}: a case's events would change partition"
+            )
         await self.js.update_stream(config)
 
     # --- writing ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .catalogue import (
     ReporterContact,
 )
 from .codec import Registry, default_registry
+from .subjects import Subjects
 from .envelope import Actor, Envelope, Payload, StoredEvent, new_event_id
 from .vocabulary import Channel, Outcome, ProblemKind, Tier
 
@@ -80,7 +81,8 @@ def closed(cause: Envelope, outcome: Outcome = Outcome.resolved) -> Envelope:
 def stored(envelopes: list[Envelope], start: int = 1, prefix: str = "gridloop") -> list[StoredEvent]:
     return [
         StoredEvent(sequence=start + i,
-                    subject=f"{prefix}.case.{e.district}.{e.case_id}.{e.event_type}", envelope=e)
+                    subject=Subjects(prefix).event(e.district, e.case_id, e.event_type),
+                    envelope=e)
         for i, e in enumerate(envelopes)
     ]
 
