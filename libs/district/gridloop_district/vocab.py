@@ -1,36 +1,14 @@
 """Closed sets of words the reference data uses.
 
-The string values are shared with gridloop_events.vocabulary (StrEnum members compare equal to
-their strings, so the two packages' enums interoperate without this package importing that one).
+Tiers, problem kinds and severities are the event contract's own words (gridloop_events), so
+reference data and events can never disagree on them; the rest belong to the reference data.
 """
 
 from enum import StrEnum
 
+from gridloop_events.vocabulary import ProblemKind, Severity, Tier
 
-class Tier(StrEnum):
-    """Handling tiers, lowest first: the ladder 网格吹哨、部门报到 climbs them."""
-
-    grid = "grid"
-    community = "community"
-    street = "street"
-    district = "district"
-
-
-class ProblemKind(StrEnum):
-    """How the seeds sort a problem (003); it decides the tier that handles it first."""
-
-    general = "general"
-    coordination = "coordination"
-    district_wide = "district_wide"
-    major = "major"
-    approval = "approval"
-
-
-class Severity(StrEnum):
-    low = "low"
-    normal = "normal"
-    high = "high"
-    critical = "critical"
+__all__ = ["CommunityKind", "GridKind", "ProblemKind", "Severity", "Tier", "UnitKind"]
 
 
 class UnitKind(StrEnum):
