@@ -156,6 +156,9 @@ class Runtime:
         self.nc = await nats.connect(
             s.nats_url,
             name=f"gridloop-{s.service}",
+            # Replies to this service only: NATS permissions can then keep other services from
+            # reading them (they carry whole case events).
+            inbox_prefix=f"_INBOX_{s.service}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )

@@ -32,6 +32,23 @@ CONTENT_HASH_HEADER = "Gridloop-Content-Hash"
 PARTITIONS_METADATA = "gridloop.partitions"
 
 
+_CHECKED = ("subjects", "num_replicas", "duplicate_window", "deny_delete", "deny_purge",
+            "allow_direct", "allow_atomic", "max_msgs", "max_bytes", "max_age")
+
+
+def _differs(current: jsapi.StreamConfig, wanted: jsapi.StreamConfig) -> bool:
+    def norm(value: object) -> object:
+        return getattr(value, "value", value)
+
+    for name in _CHECKED:
+        if norm(getattr(current, name, None)) != norm(getattr(wanted, name, None)):
+            return True
+    return norm(current.discard) != norm(wanted.discard) or (
+        (current.metadata or {}).get(PARTITIONS_METADATA)
+        != (wanted.metadata or {}).get(PARTITIONS_METADATA)
+    )
+
+
 class RawEvent(NamedTuple):
     sequence: int
     subject: str
@@ -126,7 +143,9 @@ class EventStore:
                 f"stream {self.stream} was created with {recorded} partitions, this code uses "
                 f"{self.subjects.partitions}: a case's events would change partition"
             )
-        await self.js.update_stream(config)
+        if _differs(info.config, config):
+            # Only when something changed: services then need no update rights on the log.
+            await self.js.update_stream(config)
 
     # --- writing ---------------------------------------------------------------------------
 
