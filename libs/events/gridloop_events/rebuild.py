@@ -115,8 +115,10 @@ async def _apply_range(
             progress(len(pending))
         pending.clear()
 
-    async for seq, subject, data, _ in store.read_all(start, until, filters):
-        if to_time is not None and decode(data, store.registry).recorded_at > to_time:
+    async for seq, subject, data, _, stored_at in store.read_all(start, until, filters):
+        # Cut on the server's storage time: it follows the stream order, while envelope times
+        # do not (a reaction carries its cause's time, a moved clock its own).
+        if to_time is not None and stored_at is not None and stored_at > to_time:
             break
         pending.append((seq, subject, data))
         if len(pending) >= CHUNK:
@@ -168,7 +170,7 @@ async def rebuild(
                 # Events the live runners applied while the shadow was being built: exactly
                 # those, partition by partition, so the swap changes nothing they did.
                 subjects = store.subjects
-                async for seq, subject, data, _ in store.read_all(shadow_tip + 1, live_tip):
+                async for seq, subject, data, *_ in store.read_all(shadow_tip + 1, live_tip):
                     if seq > live_cps.get(subjects.partition_of_subject(subject), 0):
                         continue
                     envelope = decode(data, store.registry)

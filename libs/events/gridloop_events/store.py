@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 import nats.js.api as jsapi
@@ -54,6 +55,8 @@ class RawEvent(NamedTuple):
     subject: str
     data: bytes
     headers: dict[str, str]
+    # When the server stored it: ordered like the stream, unlike an envelope's own times.
+    stored_at: datetime | None = None
 
 
 def chain(events: Sequence[Envelope], prev_hash: str | None) -> list[Envelope]:
@@ -360,7 +363,8 @@ class EventStore:
                     seq = msg.metadata.sequence.stream
                     if seq > tip:
                         return
-                    yield RawEvent(seq, msg.subject, msg.data, msg.headers or {})
+                    yield RawEvent(seq, msg.subject, msg.data, msg.headers or {},
+                                   msg.metadata.timestamp)
                     if seq == tip:
                         return
         finally:
