@@ -38,6 +38,8 @@ test-unit: install
 
 schemas: install  ## regenerate the checked-in JSON Schemas after changing an event
 	$(BIN)/python -m gridloop_events.schema_export
+	$(BIN)/python -m gridloop_events.public_view --schemas docs/schemas/public
+	$(BIN)/python -m gridloop_events.asyncapi docs/asyncapi.json
 
 clean:
 	rm -rf .run $(VENV)

@@ -294,6 +294,7 @@ class PublicView:
         self.fetch_timeout = fetch_timeout
         self.stats = PublicViewStats()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def stream(self) -> str:
@@ -329,9 +330,11 @@ class PublicView:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self.run(), name="public-view")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -368,6 +371,8 @@ class PublicView:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure here is retried, loudly
+                if self._stopping or _cancel_requested():
+                    raise asyncio.CancelledError from exc
                 if resumed_at is not None and self.stats.position > resumed_at:
                     backoff = 0.1  # it got somewhere: this is a new problem, not the same one
                 self.stats.recoveries += 1
@@ -401,9 +406,12 @@ class PublicView:
         try:
             delivered = 0
             while True:
+                if self._stopping or _cancel_requested():
+                    raise asyncio.CancelledError
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
+                except asyncio.TimeoutError:
+                    # Nothing new (nats-py raises its own TimeoutError or asyncio's, by path).
                     continue
                 for msg in msgs:
                     meta = msg.metadata
@@ -457,6 +465,13 @@ class PublicView:
             self.stats.public_sequence = ack.seq
             self.stats.published += 1
         self.stats.position = sequence
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was cancelled, even if a library swallowed the CancelledError (Python
+    3.11's asyncio.wait_for can, when its inner future completes at the same moment)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _needs_upgrade(data: bytes, registry: Registry) -> bool:

@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 
+from .asyncapi import asyncapi_router
 from .clock import Clock, SystemClock
 from .codec import REGISTRY, Registry
 from .logging import configure_logging, get_logger
@@ -305,6 +306,7 @@ def create_service_app(
 
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(operations_router(runtime))
+    app.include_router(asyncapi_router(runtime.settings.subject_prefix))
     for router in routers:
         app.include_router(router)
     return app
