@@ -8,6 +8,9 @@ Feature-specific fixtures belong in ``tests/fixtures/*.py``.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
 import sys
 import uuid
@@ -28,6 +31,14 @@ from gridloop_events.servers import (  # noqa: E402
     drop_database,
     provide_servers,
 )
+
+
+# Intake seals residents' contacts with a master key from configuration; tests get a throwaway
+# one (service processes started by tests inherit it).
+os.environ.setdefault(
+    "GRIDLOOP_MASTER_KEYS", json.dumps({"test-1": base64.b64encode(os.urandom(32)).decode()})
+)
+os.environ.setdefault("GRIDLOOP_MASTER_KEY_ID", "test-1")
 
 
 @pytest.fixture(scope="session")

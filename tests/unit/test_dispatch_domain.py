@@ -39,7 +39,7 @@ from gridloop_events.catalogue import (
     GridPath,
     Location,
     ProgressNoted,
-    ReporterContact,
+
 )
 from gridloop_events.envelope import Actor, Envelope, Payload, StoredEvent
 from gridloop_events.http import DomainError
@@ -134,7 +134,6 @@ class Case:
                 description="a report",
                 location=Location(grid_path=path, lat=lat, lon=lon),
                 severity=severity,
-                reporter=ReporterContact(name="Resident", phone="13800000000"),
             ),
             at,
         )

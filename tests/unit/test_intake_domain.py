@@ -36,7 +36,7 @@ from gridloop_intake.domain.location import resolve_location
 from gridloop_intake.domain.parsing import parse_report
 from gridloop_intake.domain.reference import categories_doc, grids_geojson
 from gridloop_intake.domain.register import event_columns, overdue_since, state_columns
-from gridloop_intake.domain.report import prepare_report
+from gridloop_intake.domain.report import prepare_report, reporter_contact
 from gridloop_intake.domain.timeline import case_view_from_history, summarize
 from gridloop_intake.domain.views import CaseView
 
@@ -135,7 +135,9 @@ def test_a_good_report_becomes_a_case_reported_payload(district: District, grid)
     p = prepare_report(cmd, district, idempotency_digest="d" * 64)
     assert p.description == "垃圾没清运" and p.severity is Severity.high
     assert p.location.grid_path is not None and p.location.grid_path.grid == grid.code
-    assert p.reporter is not None and p.reporter.phone == "+86 139-1234-5678"
+    # The contact is sealed by the shell with the case's key, never put in the payload here.
+    assert p.reporter is None
+    assert reporter_contact(cmd) is not None and reporter_contact(cmd).phone == "+86 139-1234-5678"
     assert p.first_contact == "op-7" and p.idempotency_digest == "d" * 64
     assert len(p.attachments) == 1
 

@@ -6,7 +6,7 @@ seeds' loop needs them (签收 accept, 退回 return, extensions, 回访 schedul
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -54,12 +54,29 @@ class Location(_Value):
 
 
 class ReporterContact(_Value):
-    """A resident's personal data. Lives only here; never logged, never in the public view."""
+    """A resident's personal data, in clear. Never in an event: events carry it sealed
+    (`SealedContact`); only intake opens it, and never logs it."""
 
     name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, max_length=40)
     id_number: str | None = Field(default=None, max_length=40)
     contact_note: str | None = Field(default=None, max_length=300)
+
+
+B64URL = r"^[A-Za-z0-9_-]+$"
+
+
+class SealedContact(_Value):
+    """A ReporterContact encrypted with its case's data key (AES-256-GCM, see
+    `gridloop_events.crypto`). The data key is held by intake alone; destroying it erases the
+    contact everywhere the event went (crypto-shredding), while the event stays as it was."""
+
+    alg: Literal["A256GCM"] = "A256GCM"
+    # The data key's id in intake's key store: the case id (one key per case).
+    key_id: str = Field(pattern=CODE)
+    nonce: str = Field(min_length=16, max_length=16, pattern=B64URL)  # 12 bytes, base64url
+    # Ciphertext and 16-byte tag, base64url without padding.
+    ciphertext: str = Field(min_length=22, max_length=8192, pattern=B64URL)
 
 
 class AttachmentRef(_Value):
@@ -87,7 +104,7 @@ class CaseReported(Payload):
     location: Location
     severity: Severity = Severity.normal
     kind_hint: ProblemKind | None = None
-    reporter: ReporterContact | None = None
+    reporter: SealedContact | None = None
     attachments: tuple[AttachmentRef, ...] = ()
     # Who took the report (首问责任人): the hotline operator or grid worker, if not the resident.
     first_contact: str | None = Field(default=None, max_length=128)
@@ -292,5 +309,6 @@ __all__ = [
     "Location",
     "ProgressNoted",
     "ReporterContact",
+    "SealedContact",
     "deadline_id",
 ]

@@ -2,7 +2,7 @@
 
 A dead-letter row holds only the stream sequence, the ids and the cause; the event itself stays in
 the stream, so a retry reads it back from there by sequence and applies it exactly as the live
-runner would have: in one transaction, under the runner's checkpoint row lock, with the
+runner would have: in one transaction, under the runner's checkpoint row lock of the case's partition, with the
 projection's `apply` (and, unless told not to, its reactions, so a case whose dispatch was
 poisoned is still dispatched once the fix is in).
 
@@ -145,10 +145,13 @@ async def retry_dead_letter(
         failure: str | None = None
         async with conn.transaction():
             await use_schema(conn, schema)
-            # The live runner's batch lock: no batch of this projection interleaves with us.
+            # The live runner's batch lock on the case's partition: no batch that could touch
+            # this case interleaves with us.
             await conn.fetchval(
-                "SELECT last_sequence FROM checkpoint WHERE projection = $1 FOR UPDATE",
+                "SELECT last_sequence FROM checkpoint WHERE projection = $1 AND partition = $2 "
+                "FOR UPDATE",
                 projection.name,
+                store.subjects.partition_of_subject(stored.subject),
             )
             await _check_in_order(conn, projection.name, letter, case_id)
             try:

@@ -354,10 +354,12 @@ class EventStore:
         )
         try:
             while True:
+                if (await sub.consumer_info()).num_pending == 0:
+                    # Nothing more matches the filter: no need to wait out a fetch timeout.
+                    return
                 try:
                     msgs = await sub.fetch(batch, timeout=2.0)
-                except NatsTimeout:
-                    # Nothing more matches the filter below the tip.
+                except (NatsTimeout, asyncio.TimeoutError):
                     return
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream

@@ -15,8 +15,10 @@ from .catalogue import (
     GridPath,
     Location,
     ReporterContact,
+    SealedContact,
 )
 from .codec import Registry, default_registry
+from .crypto import DataKey, seal_contact
 from .subjects import Subjects
 from .envelope import Actor, Envelope, Payload, StoredEvent, new_event_id
 from .vocabulary import Channel, Outcome, ProblemKind, Tier
@@ -26,22 +28,30 @@ DISTRICT = "370105"
 PATH = GridPath(
     district=DISTRICT, street="370105001", community="370105001007", grid="370105001007012"
 )
+RESIDENT = ReporterContact(name="张三", phone="13800000000")
+# Tests only: a fixed data key, so built events are reproducible. Intake's keys are random.
+TEST_DATA_KEY = bytes(range(32))
 
 
 def reported(case_id: str | None = None, at: datetime = T0, category: str = "CM-0101",
+             reporter: ReporterContact | SealedContact | None = RESIDENT,
              **changes: object) -> Envelope:
+    """A CaseReported; a clear `reporter` is sealed with TEST_DATA_KEY, as intake would."""
+    case_id = case_id or str(new_event_id(at))
+    if isinstance(reporter, ReporterContact):
+        reporter = seal_contact(DataKey(case_id, TEST_DATA_KEY), case_id, reporter)
     fields: dict[str, object] = {
         "channel": Channel.hotline,
         "category_code": category,
         "description": "楼道堆放杂物，堵塞消防通道",
         "location": Location(grid_path=PATH, lat=36.65, lon=117.05),
-        "reporter": ReporterContact(name="张三", phone="13800000000"),
+        "reporter": reporter,
         **changes,
     }
     payload = CaseReported(**fields)  # type: ignore[arg-type]
     return Envelope.new(
         payload,
-        case_id=case_id or str(new_event_id(at)),
+        case_id=case_id,
         district=DISTRICT,
         actor=Actor(kind="operator", id="op-7", role="hotline"),
         correlation_id=str(uuid4()),

@@ -39,9 +39,13 @@ def key_digest(district: str, key: str) -> str:
     return hashlib.sha256(f"gridloop-intake|{district}|{key}".encode()).hexdigest()
 
 
-def body_digest(payload: CaseReported) -> str:
-    """What the report says, without the key's digest: equal bodies give equal digests."""
-    body = payload.model_dump(mode="json", exclude={"idempotency_digest"})
+def body_digest(payload: CaseReported, *, without_reporter: bool = False) -> str:
+    """What the report says, without the key's digest: equal bodies give equal digests.
+
+    The reporter is in it sealed, and sealing is deterministic for one case key, so the same
+    contact under the same key gives the same digest."""
+    exclude = {"idempotency_digest", "reporter"} if without_reporter else {"idempotency_digest"}
+    body = payload.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
@@ -63,12 +67,24 @@ def keyed_ids(district: str, key: str) -> KeyedIds:
     return KeyedIds(key_digest(district, check_key(key)))
 
 
-def settle_retry(first: Envelope, payload: CaseReported, ids: KeyedIds) -> None:
-    """The case the key names already exists: accept the retry if it is the same report."""
+def settle_retry(first: Envelope, payload: CaseReported, ids: KeyedIds, *,
+                 contact_erased: bool = False) -> None:
+    """The case the key names already exists: accept the retry if it is the same report.
+
+    `contact_erased`: the retry names a contact, but the case's data key was destroyed, so it
+    can no longer be compared with the one recorded; the rest of the report must still match, and
+    the retry is answered with the case without its contact being recorded again."""
     stored = first.payload
     if not isinstance(stored, CaseReported) or stored.idempotency_digest != ids.digest:
         raise ReportRejected(KEY_FIELD, "this key names a case recorded by another request",
                              status=409)
-    if body_digest(stored) != body_digest(payload):
+    if contact_erased:
+        # A first report without a contact cannot be the same as a retry with one.
+        same = stored.reporter is not None and (
+            body_digest(stored, without_reporter=True)
+            == body_digest(payload, without_reporter=True))
+    else:
+        same = body_digest(stored) == body_digest(payload)
+    if not same:
         raise ReportRejected(KEY_FIELD, "this key was already used for a different report",
                              status=409)

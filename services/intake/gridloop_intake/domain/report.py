@@ -1,11 +1,15 @@
-"""A report becomes a CaseReported payload, or is refused with the field at fault."""
+"""A report becomes a CaseReported payload, or is refused with the field at fault.
+
+The reporter's contact is checked here but never put in the payload in clear: the caller seals it
+with the case's data key (`with_reporter`), which takes the key store, which is I/O.
+"""
 
 from __future__ import annotations
 
 import re
 
 from gridloop_district import District, UnknownCodeError
-from gridloop_events.catalogue import CaseReported, ReporterContact
+from gridloop_events.catalogue import CaseReported, ReporterContact, SealedContact
 from gridloop_events.vocabulary import Channel, Severity
 from pydantic import ValidationError
 
@@ -29,7 +33,9 @@ def check_phone(phone: str) -> str:
     return phone
 
 
-def _reporter(contact: ReporterContact | None) -> ReporterContact | None:
+def reporter_contact(cmd: ReportCase) -> ReporterContact | None:
+    """The report's contact, trimmed and checked; None when it says nothing."""
+    contact = cmd.reporter
     if contact is None:
         return None
     values = {k: (v.strip() or None) if isinstance(v, str) else v
@@ -49,9 +55,14 @@ def _enum(enum: type, value: object, field: str):  # type: ignore[no-untyped-def
         raise ReportRejected(field, f"must be one of {allowed}") from None
 
 
+def with_reporter(payload: CaseReported, sealed: SealedContact | None) -> CaseReported:
+    return payload.model_copy(update={"reporter": sealed})
+
+
 def prepare_report(
     cmd: ReportCase, district: District, *, idempotency_digest: str | None = None
 ) -> CaseReported:
+    """The payload, without the reporter (see `reporter_contact` and `with_reporter`)."""
     channel = _enum(Channel, cmd.channel, "channel")
     severity = _enum(Severity, cmd.severity, "severity")
 
@@ -74,6 +85,7 @@ def prepare_report(
         raise ReportRejected("attachments", f"at most {MAX_ATTACHMENTS} attachments")
 
     location = resolve_location(district, cmd.grid_code, cmd.lat, cmd.lon, cmd.address)
+    reporter_contact(cmd)  # refused here with the rest, before a key is made for it
     try:
         return CaseReported(
             channel=channel,
@@ -81,7 +93,6 @@ def prepare_report(
             description=description,
             location=location,
             severity=severity,
-            reporter=_reporter(cmd.reporter),
             attachments=tuple(cmd.attachments),
             first_contact=first_contact,
             idempotency_digest=idempotency_digest,
