@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gridloop_events.auth_keys import ENV_KEY_DIR, KeyFolder
+from gridloop_events.crypto import dev_master_key_env
 from gridloop_events.servers import provide_servers
 from gridloop_events.service import DEFAULT_PORTS
 
@@ -73,7 +75,15 @@ def up(
             "GRIDLOOP_NATS_URL": servers.nats_url,
             "GRIDLOOP_DATABASE_URL": database_url,
             "GRIDLOOP_ENV": os.environ.get("GRIDLOOP_ENV", "development"),
+            # Tokens are required even here; dev mode trusts the local key folder, whose key
+            # `gridloop token` and `gridloop simulate` sign with.
+            "GRIDLOOP_AUTH": os.environ.get("GRIDLOOP_AUTH", "dev"),
+            ENV_KEY_DIR: os.environ.get(ENV_KEY_DIR, str((data_dir / "keys").resolve())),
         }
+        if env["GRIDLOOP_AUTH"] == "dev":
+            KeyFolder(env[ENV_KEY_DIR]).ensure()
+        # Residents' contacts are sealed with a master key: a local one, made on first start.
+        env.update(dev_master_key_env(data_dir, os.environ))
         if test_clock:
             env["GRIDLOOP_TEST_CLOCK"] = "1"
         procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -104,6 +114,9 @@ def up(
             console.print(table)
             console.print("Traffic: [bold]make simulate[/bold] in another terminal. "
                           "Ctrl-C stops everything.")
+            console.print("A token for the APIs: [bold]gridloop token --role dispatcher "
+                          "--scope 370190[/bold] (roles: resident, grid_worker, unit_handler, "
+                          "dispatcher, supervisor, auditor, integration).")
             while not stopping:
                 for name, proc in procs.items():
                     if proc.poll() is not None:

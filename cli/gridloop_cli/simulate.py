@@ -3,6 +3,11 @@
 Residents, grid workers and hotline operators report cases across channels and categories; units
 accept and close most of them, let some miss deadlines; residents rate them, a few unsatisfied —
 so a newcomer sees every service move. Bounded in count and time, and only to the given URLs.
+
+Each actor calls with its own token, signed with the local dev key (the one `gridloop up`
+creates and the services trust in dev mode): residents report and follow their own cases, unit
+handlers accept and close, a district dispatcher places the cases triage could not, and the
+callback centre rates.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import typer
@@ -21,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gridloop_district import default_district
+from gridloop_events.auth_keys import Issuer, KeyFolder, KeySetupError
 
 console = Console()
 
@@ -39,6 +46,23 @@ DESCRIPTIONS = {
     ]
 }
 CHANNELS = ["hotline", "wechat", "app", "walk_in", "patrol"]
+TOKEN_TTL = 3600
+
+
+class Tokens:
+    """One token per caller, re-issued well before it expires."""
+
+    def __init__(self, issuer: Issuer) -> None:
+        self.issuer = issuer
+        self.cache: dict[tuple[str, str, str], tuple[float, dict[str, str]]] = {}
+
+    def headers(self, role: str, scope: str, sub: str) -> dict[str, str]:
+        key = (role, scope, sub)
+        cached = self.cache.get(key)
+        if cached is None or time.monotonic() - cached[0] > TOKEN_TTL / 2:
+            cached = (time.monotonic(), self.issuer.headers(role, scope, sub=sub, ttl=TOKEN_TTL))
+            self.cache[key] = cached
+        return cached[1]
 
 
 @dataclass
@@ -50,8 +74,9 @@ class Urls:
 
 class Simulator:
     def __init__(self, urls: Urls, rng: random.Random, miss_share: float,
-                 unsatisfied_share: float, speed: float) -> None:
+                 unsatisfied_share: float, speed: float, tokens: Tokens) -> None:
         self.urls = urls
+        self.tokens = tokens
         self.rng = rng
         self.miss_share = miss_share
         self.unsatisfied_share = unsatisfied_share
@@ -61,6 +86,9 @@ class Simulator:
         self.categories = [c.code for c in self.district.catalogue.items]
         self.counts: Counter[str] = Counter()
         self.client = httpx.AsyncClient(timeout=10.0)
+        self.dispatcher = tokens.headers("dispatcher", self.district.code, "dispatcher-1")
+        self.callback_centre = tokens.headers("dispatcher", self.district.code, "callback-centre")
+        self.residents: dict[str, dict[str, str]] = {}
 
     async def pause(self, low: float, high: float) -> None:
         await asyncio.sleep(self.rng.uniform(low, high) / self.speed)
@@ -83,7 +111,9 @@ class Simulator:
         }
 
     async def case_status(self, case_id: str) -> dict[str, object]:
-        r = await self.client.get(f"{self.urls.intake}/v1/cases/{case_id}")
+        # The resident who reported it follows it, with their own token.
+        r = await self.client.get(f"{self.urls.intake}/v1/cases/{case_id}",
+                                  headers=self.residents[case_id])
         r.raise_for_status()
         return r.json()
 
@@ -101,8 +131,9 @@ class Simulator:
         if unit is None:
             return
         await self.pause(0.2, 2.0)
+        auth = self.tokens.headers("unit_handler", str(unit), handler)
         r = await self.client.post(f"{self.urls.dispatch}/v1/cases/{case_id}/accept",
-                                   json={"unit_code": unit, "handler_id": handler})
+                                   json={"unit_code": unit, "handler_id": handler}, headers=auth)
         if r.status_code >= 400:
             self.counts["errors"] += 1
             return
@@ -112,6 +143,7 @@ class Simulator:
             f"{self.urls.dispatch}/v1/cases/{case_id}/close",
             json={"outcome": self.rng.choices(["resolved", "answered"], [8, 2])[0],
                   "resolution": "已现场处理，并向居民反馈结果", "closed_by": handler},
+            headers=auth,
         )
         if r.status_code >= 400:
             self.counts["errors"] += 1
@@ -126,7 +158,7 @@ class Simulator:
                 "rated_by": "callback-centre"}
         for _ in range(40):  # the callback opens once feedback has seen the closure
             r = await self.client.post(f"{self.urls.feedback}/v1/cases/{case_id}/callback",
-                                       json=body)
+                                       json=body, headers=self.callback_centre)
             if r.status_code < 300:
                 self.counts["rated " + rating] += 1
                 return
@@ -134,12 +166,14 @@ class Simulator:
         self.counts["errors"] += 1
 
     async def one_case(self) -> None:
+        resident = self.tokens.headers("resident", "", f"resident-{self.rng.randrange(100000)}")
         r = await self.client.post(f"{self.urls.intake}/v1/cases", json=self.report_body(),
-                                   headers={"Idempotency-Key": str(uuid.uuid4())})
+                                   headers={"Idempotency-Key": str(uuid.uuid4()), **resident})
         if r.status_code >= 300:
             self.counts["rejected"] += 1
             return
         case_id = r.json()["case_id"]
+        self.residents[case_id] = resident
         self.counts["reported"] += 1
         view = await self.wait_for(case_id, {"dispatched", "triage"})
         if view["status"] == "triage":
@@ -150,7 +184,8 @@ class Simulator:
             await self.pause(0.5, 3.0)
             await self.client.post(f"{self.urls.dispatch}/v1/cases/{case_id}/dispatch",
                                    json={"unit_code": office, "reason": "调度员人工派单",
-                                         "dispatcher": "dispatcher-1"})
+                                         "dispatcher": "dispatcher-1"},
+                                   headers=self.dispatcher)
             view = await self.wait_for(case_id, {"dispatched"})
         self.counts["dispatched"] += 1
         if self.rng.random() < self.miss_share:
@@ -185,12 +220,19 @@ def simulate(
     unsatisfied_share: float = typer.Option(0.1, help="Share of callbacks rated unsatisfied."),
     speed: float = typer.Option(1.0, help="Handlers act this many times faster."),
     seed: int = typer.Option(0),
+    key_dir: Path = typer.Option(None, help="The local key folder `gridloop up` created "
+                                 "(default $GRIDLOOP_KEY_DIR or .run/keys)."),
 ) -> None:
     """Report realistic cases and drive most of them around the loop."""
+    try:
+        tokens = Tokens(Issuer.from_env(KeyFolder(key_dir).signing_key()))
+    except KeySetupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
     async def run() -> None:
         sim = Simulator(Urls(intake, dispatch, feedback), random.Random(seed), miss_share,
-                        unsatisfied_share, speed)
+                        unsatisfied_share, speed, tokens)
         started = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.servers import find_free_port
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
@@ -25,6 +26,12 @@ class System:
     ports: dict[str, int]
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Signs the tests' tokens; the services trust only its public key.
+    issuer: Issuer = field(default_factory=lambda: Issuer(SigningKey.generate("e2e-1")))
+
+    def headers(self, role: str, scope: str | list[str] = (), sub: str | None = None
+                ) -> dict[str, str]:
+        return self.issuer.headers(role, scope, sub=sub)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -90,6 +97,8 @@ def system(nats_url: str, fresh_database: str, fresh_stream_prefix: str,
         **{f"GRIDLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     system = System(env=env, ports=ports, log_dir=tmp_path)
+    env.update({"GRIDLOOP_AUTH": "required",
+                "GRIDLOOP_JWT_PUBLIC_KEYS": system.issuer.trusted_keys_json()})
     try:
         for name in SERVICES:
             system.start(name)

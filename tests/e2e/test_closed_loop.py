@@ -35,9 +35,13 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
     district = default_district()
     grid = district.grids[0]
     category = next(c for c in district.catalogue.items if c.kind.value == "general")
-    client = httpx.Client(timeout=10.0)
+    # The hotline operator (a dispatcher of the district) reports and follows the case; each
+    # other step is taken by whoever's token it needs.
+    client = httpx.Client(timeout=10.0,
+                          headers=system.headers("dispatcher", district.code, "op-hotline"))
     intake, dispatch, feedback, escalation = (system.url(s) for s in
                                               ("intake", "dispatch", "feedback", "escalation"))
+    supervisor = system.headers("supervisor", district.code, "sup-1")
 
     def case() -> dict[str, Any]:
         r = client.get(f"{intake}/v1/cases/{case_id}")
@@ -63,23 +67,26 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
 
     # 3. The grid worker accepts (签收) at once.
     r = client.post(f"{dispatch}/v1/cases/{case_id}/accept",
-                    json={"unit_code": grid_team, "handler_id": "gw-1"})
+                    json={"unit_code": grid_team, "handler_id": "gw-1"},
+                    headers=system.headers("unit_handler", grid_team, "gw-1"))
     assert r.status_code == 200, r.text
     poll(case, lambda v: v["status"] == "accepted")
 
     # 4. A day passes on escalation's clock: the resolve deadline is missed, the case climbs a tier.
-    r = client.post(f"{escalation}/v1/admin/clock", json={"offset_seconds": 86400 + 120})
+    r = client.post(f"{escalation}/v1/admin/clock", json={"offset_seconds": 86400 + 120},
+                    headers=supervisor)
     assert r.status_code == 200, r.text
     committee = district.committee(district.community_of(grid.code).code).code
     view = poll(case, lambda v: v["unit_code"] == committee and v["status"] == "dispatched")
-    client.post(f"{escalation}/v1/admin/clock", json={"offset_seconds": 0})
+    client.post(f"{escalation}/v1/admin/clock", json={"offset_seconds": 0}, headers=supervisor)
     assert view["tier"] == "community" and view["escalation_level"] == 1
 
     # 5. The community committee accepts and closes it.
+    handler = system.headers("unit_handler", committee, "cc-1")
     for action, body in (("accept", {"unit_code": committee, "handler_id": "cc-1"}),
                          ("close", {"outcome": "resolved", "resolution": "已清理楼道杂物",
                                     "closed_by": "cc-1"})):
-        r = client.post(f"{dispatch}/v1/cases/{case_id}/{action}", json=body)
+        r = client.post(f"{dispatch}/v1/cases/{case_id}/{action}", json=body, headers=handler)
         assert r.status_code == 200, r.text
     poll(case, lambda v: v["status"] == "closed")
 
@@ -89,7 +96,12 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
                 "measures_carried_out": rating != "unsatisfied",
                 "party_accepts": rating != "unsatisfied", "method": "phone",
                 "comment": "回访", "rated_by": "callback-1"}
-        poll(lambda: client.post(f"{feedback}/v1/cases/{case_id}/callback", json=body),
+        centre = system.headers("dispatcher", district.code, "callback-1")
+        # The callback centre works from its due list: the call happens once it is scheduled.
+        poll(lambda: client.get(f"{feedback}/v1/callbacks/due", headers=centre).json(),
+             lambda body: case_id in str(body))
+        poll(lambda: client.post(f"{feedback}/v1/cases/{case_id}/callback", json=body,
+                                 headers=centre),
              lambda resp: resp.status_code == 201)
 
     rate("unsatisfied")
@@ -101,7 +113,7 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
     for action, body in (("accept", {"unit_code": committee, "handler_id": "cc-1"}),
                          ("close", {"outcome": "resolved", "resolution": "已彻底清理并设置提示牌",
                                     "closed_by": "cc-1"})):
-        r = client.post(f"{dispatch}/v1/cases/{case_id}/{action}", json=body)
+        r = client.post(f"{dispatch}/v1/cases/{case_id}/{action}", json=body, headers=handler)
         assert r.status_code == 200, r.text
     poll(case, lambda v: v["status"] == "closed")
     rate("satisfied")

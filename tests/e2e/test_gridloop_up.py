@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from gridloop_events.auth_keys import ENV_KEY_DIR, Issuer, KeyFolder
 from gridloop_events.servers import find_free_port
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
@@ -39,7 +40,12 @@ def test_up_starts_servers_and_services_then_stops_on_sigterm(tmp_path: Path) ->
                     pass
             time.sleep(0.3)
         assert ready == set(SERVICES)
-        r = httpx.get(f"http://127.0.0.1:{ports['intake']}/v1/categories", timeout=5)
+        categories = f"http://127.0.0.1:{ports['intake']}/v1/categories"
+        assert httpx.get(categories, timeout=5).status_code == 401  # tokens even in dev
+        # `gridloop up` made the dev key that `gridloop token` signs with.
+        keys = KeyFolder(os.environ.get(ENV_KEY_DIR) or tmp_path / "run" / "keys")
+        token = Issuer(keys.signing_key()).headers("auditor", sub="newcomer")
+        r = httpx.get(categories, headers=token, timeout=5)
         assert r.status_code == 200
         assert (tmp_path / "run" / "nats").exists()  # data kept under the given folder
     finally:

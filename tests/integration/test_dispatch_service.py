@@ -15,12 +15,13 @@ import pytest
 from gridloop_district import District, default_district
 from gridloop_dispatch.app import create_app
 from gridloop_dispatch.settings import DispatchSettings
+from gridloop_events.auth import Authenticator, Verifier
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import (
     CaseReported,
     DeadlineMissed,
     GridPath,
     Location,
-    ReporterContact,
 )
 from gridloop_events.clock import FixedClock
 from gridloop_events.envelope import Actor, ActorKind, Envelope, StoredEvent
@@ -37,6 +38,16 @@ DISTRICT: District = default_district()
 GRID = DISTRICT.grids[0].code
 TEAM = DISTRICT.grid_team(GRID).code
 COMMITTEE = DISTRICT.committee(DISTRICT.community_of(GRID).code).code
+KEY = SigningKey.generate("test-dispatch")
+
+
+def as_(role: str, scope: str | list[str], sub: str) -> dict[str, str]:
+    return Issuer(KEY).headers(role, scope, sub=sub)
+
+
+# The client's calls are a district dispatcher's unless a call names another caller.
+DISPATCHER = as_("dispatcher", DISTRICT.code, "disp-1")
+W1 = as_("grid_worker", GRID, "w-1")
 
 
 @pytest.fixture
@@ -61,10 +72,12 @@ async def event_store(settings: DispatchSettings) -> AsyncIterator[EventStore]:
 async def dispatch_service(
     settings: DispatchSettings, clock: FixedClock
 ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
-    app = create_app(settings, district=DISTRICT, clock=clock)
+    app = create_app(settings, district=DISTRICT, clock=clock,
+                     auth=Authenticator(Verifier.trusting(KEY.trusted())))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=DISPATCHER) as client:
             yield app, client
 
 
@@ -96,7 +109,6 @@ def report(case_id: str, category: str, grid: str | None = GRID,
             description="garbage piled up at the gate",
             location=Location(grid_path=path),
             severity=severity,
-            reporter=ReporterContact(name="Resident", phone="13800000000"),
         ),
         case_id=case_id,
         district=DISTRICT.code,
@@ -218,11 +230,11 @@ async def test_accept_and_close_over_http(settings: DispatchSettings) -> None:
                 return len(await store.read("C-7")) == 2
 
             await eventually(dispatched)
-            headers = {"X-Actor-Kind": "grid_worker", "X-Actor-Id": "w-1",
-                       "X-Correlation-Id": "req-42"}
+            headers = {**W1, "X-Correlation-Id": "req-42"}
 
             r = await client.post("/v1/cases/C-7/accept",
-                                  json={"unit_code": COMMITTEE, "handler_id": "x"})
+                                  json={"unit_code": COMMITTEE, "handler_id": "x"},
+                                  headers=as_("unit_handler", TEAM, "x"))
             assert r.status_code == 409, r.text
             assert "unit_code" in r.text
 
@@ -233,20 +245,22 @@ async def test_accept_and_close_over_http(settings: DispatchSettings) -> None:
             assert [e["event_type"] for e in r.json()["events"]] == ["CaseAccepted"]
 
             r = await client.post("/v1/cases/C-7/accept",
-                                  json={"unit_code": TEAM, "handler_id": "w-2"})
+                                  json={"unit_code": TEAM, "handler_id": "w-2"},
+                                  headers=as_("grid_worker", GRID, "w-2"))
             assert r.status_code == 200 and r.json()["events"] == []
 
             r = await client.post("/v1/cases/C-7/notes",
-                                  json={"author_id": "w-1", "note": "on my way"})
+                                  json={"author_id": "w-1", "note": "on my way"}, headers=W1)
             assert r.status_code == 200, r.text
 
             r = await client.post("/v1/cases/C-7/close",
-                                  json={"outcome": "fixed", "resolution": "cleared"})
+                                  json={"outcome": "fixed", "resolution": "cleared"}, headers=W1)
             assert r.status_code == 422
             assert r.json()["detail"]["field"] == "outcome"
 
             r = await client.post("/v1/cases/C-7/close",
-                                  json={"outcome": "duplicate", "resolution": "same as C-1"})
+                                  json={"outcome": "duplicate", "resolution": "same as C-1"},
+                                  headers=W1)
             assert r.status_code == 422
 
             await caught_up(app)
@@ -265,7 +279,7 @@ async def test_accept_and_close_over_http(settings: DispatchSettings) -> None:
             assert r.json()["status"] == "closed"
 
             r = await client.post("/v1/cases/C-7/close",
-                                  json={"outcome": "resolved", "resolution": "again"})
+                                  json={"outcome": "resolved", "resolution": "again"}, headers=W1)
             assert r.status_code == 409
             assert "closed" in r.json()["detail"]["reason"]
 
@@ -273,7 +287,7 @@ async def test_accept_and_close_over_http(settings: DispatchSettings) -> None:
                 ("/v1/cases/NOPE/accept", {"unit_code": TEAM, "handler_id": "w-1"}),
                 ("/v1/cases/NOPE/close", {"outcome": "resolved", "resolution": "x"}),
             ]:
-                r = await client.post(path, json=body)
+                r = await client.post(path, json=body, headers=W1)
                 assert r.status_code == 404, r.text
 
             history = await store.read("C-7")
@@ -307,7 +321,7 @@ async def test_triage_queue_manual_dispatch_and_return(settings: DispatchSetting
 
             r = await client.post("/v1/cases/C-9/dispatch",
                                   json={"unit_code": COMMITTEE, "reason": "shared stairwell"},
-                                  headers={"X-Actor-Id": "disp-1"})
+                                  headers=DISPATCHER)
             assert r.status_code == 200, r.text
             p = (await store.read("C-9"))[-1].envelope.payload
             assert (p.unit_code, p.tier.value, p.dispatcher) == (COMMITTEE, "community", "disp-1")
@@ -315,7 +329,8 @@ async def test_triage_queue_manual_dispatch_and_return(settings: DispatchSetting
 
             r = await client.post("/v1/cases/C-9/return",
                                   json={"unit_code": COMMITTEE, "handler_id": "c-1",
-                                        "reason": "a matter for the street office"})
+                                        "reason": "a matter for the street office"},
+                                  headers=as_("unit_handler", COMMITTEE, "c-1"))
             assert r.status_code == 200, r.text
             assert r.json()["status"] == "triage"
 

@@ -23,6 +23,9 @@ from gridloop_escalation.app import create_app
 from gridloop_escalation.projection import EscalationProjection
 from gridloop_escalation.settings import EscalationSettings
 from gridloop_escalation.ticker import Ticker
+from gridloop_district import default_district
+from gridloop_events.auth import Authenticator, Verifier
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import (
     CaseAccepted,
     CaseDispatched,
@@ -44,6 +47,11 @@ DISTRICT = "370105"
 GRID_TEAM = "GT-0001"
 COMMITTEE = "CC-0001"
 STREET = "SO-0001"
+KEY = SigningKey.generate("test-escalation")
+# Reads are an auditor's; only a supervisor of the service's whole district moves the clock.
+AUDITOR = Issuer(KEY).headers("auditor", sub="a-1")
+SUPERVISOR = Issuer(KEY).headers("supervisor", default_district().code, sub="s-1")
+AUTH = Authenticator(Verifier.trusting(KEY.trusted()))
 
 
 # --- harness -----------------------------------------------------------------------------
@@ -92,10 +100,11 @@ class Running:
 @asynccontextmanager
 async def running(settings: EscalationSettings, clock: OffsetClock | None = None
                   ) -> AsyncIterator[Running]:
-    app = create_app(settings, clock=clock or OffsetClock())
+    app = create_app(settings, clock=clock or OffsetClock(), auth=AUTH)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=AUDITOR) as client:
             yield Running(app, client)
 
 
@@ -186,7 +195,8 @@ async def timers(svc: Running, case_id: str) -> dict[str, dict[str, Any]]:
 
 
 async def move_clock(svc: Running, seconds: float) -> None:
-    response = await svc.client.post("/v1/admin/clock", json={"offset_seconds": seconds})
+    response = await svc.client.post("/v1/admin/clock", json={"offset_seconds": seconds},
+                                     headers=SUPERVISOR)
     assert response.status_code == 200, response.text
     assert response.json()["offset_seconds"] == seconds
 
@@ -395,11 +405,12 @@ async def test_report_in_overdue_paging_and_rebuild(
         # Refusals name the field; nothing is emitted.
         bad = await svc.client.get("/v1/overdue", params={"level": -1})
         assert bad.status_code == 422 and bad.json()["detail"]["field"] == "level"
-        bad = await svc.client.post("/v1/admin/clock", json={"offset_seconds": "soon"})
+        bad = await svc.client.post("/v1/admin/clock", json={"offset_seconds": "soon"},
+                                    headers=SUPERVISOR)
         assert bad.status_code == 422 and bad.json()["detail"]["field"] == "offset_seconds"
         unknown = await svc.client.get("/v1/cases/no-such-case/timers")
         assert unknown.status_code == 404 and unknown.json()["detail"]["field"] == "case_id"
-        clock = (await svc.client.get("/v1/admin/clock")).json()
+        clock = (await svc.client.get("/v1/admin/clock", headers=SUPERVISOR)).json()
         assert clock["offset_seconds"] == 21
 
         # A rebuild from the log equals the live tables row for row.
@@ -421,9 +432,9 @@ async def test_the_admin_clock_exists_only_with_the_test_clock(
 ) -> None:
     settings = make_settings(nats_url, fresh_database, fresh_stream_prefix)
     settings.test_clock = False
-    app = create_app(settings)
+    app = create_app(settings, auth=AUTH)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as client:
+                                 base_url="http://t", headers=SUPERVISOR) as client:
         assert (await client.get("/v1/admin/clock")).status_code == 404
         response = await client.post("/v1/admin/clock", json={"offset_seconds": 60})
         assert response.status_code == 404

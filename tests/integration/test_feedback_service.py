@@ -18,6 +18,8 @@ import nats
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from gridloop_events.auth import Authenticator, Verifier
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import (
     CallbackRated,
     CallbackScheduled,
@@ -28,7 +30,6 @@ from gridloop_events.catalogue import (
     Deadlines,
     GridPath,
     Location,
-    ReporterContact,
 )
 from gridloop_events.clock import FixedClock
 from gridloop_events.envelope import Actor, ActorKind, Envelope
@@ -55,6 +56,9 @@ RATING = {
     "method": "phone",
     "rated_by": "op-callback-3",
 }
+KEY = SigningKey.generate("test-feedback")
+# The callback centre's operator op-callback-3, a dispatcher of the district, makes the calls.
+CALLBACK_CENTRE = Issuer(KEY).headers("dispatcher", DISTRICT, sub="op-callback-3")
 
 
 class Writer:
@@ -74,7 +78,7 @@ class Writer:
         path = GridPath(district=DISTRICT, street=grid[:9], community=grid[:12], grid=grid)
         await self.append(case_id, CaseReported(
             channel=Channel.hotline, category_code=category, description="楼道堆放杂物",
-            location=Location(grid_path=path), reporter=ReporterContact(name="张三")), at)
+            location=Location(grid_path=path)), at)
 
     async def dispatch(self, case_id: str, unit: str, at: datetime,
                        resolve_in: timedelta = timedelta(days=1), escalation: bool = False) -> None:
@@ -110,10 +114,10 @@ async def writer(nats_url: str, fresh_stream_prefix: str) -> AsyncIterator[Write
 
 @asynccontextmanager
 async def running(settings: FeedbackSettings, clock: FixedClock):  # type: ignore[no-untyped-def]
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, auth=Authenticator(Verifier.trusting(KEY.trusted())))
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as client:
+                                     base_url="http://t", headers=CALLBACK_CENTRE) as client:
             yield app, client
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from gridloop_district import default_district
+from gridloop_events.auth import Authenticator, Verifier
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import CaseDispatched, CaseReported, Deadlines, DeadlineMissed
 from gridloop_events.clock import FixedClock
 from gridloop_events.envelope import Actor
@@ -29,6 +31,9 @@ OTHER_GRID = next(g for g in DISTRICT.grids
                   if DISTRICT.community_of(g.code).code != DISTRICT.community_of(GRID.code).code)
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 NAME, PHONE = "王五", "13700001111"
+KEY = SigningKey.generate("test-intake")
+# The hotline operator op-7, a dispatcher of the whole district, makes the calls.
+OPERATOR = Issuer(KEY).headers("dispatcher", DISTRICT.code, sub="op-7")
 
 
 @pytest.fixture
@@ -40,10 +45,12 @@ def settings(nats_url: str, fresh_database: str, fresh_stream_prefix: str) -> Se
 @asynccontextmanager
 async def running(settings: ServiceSettings, clock: FixedClock | None = None
                   ) -> AsyncIterator[tuple[IntakeService, httpx.AsyncClient]]:
-    app = create_app(settings, district=DISTRICT, clock=clock or FixedClock(T0))
+    app = create_app(settings, district=DISTRICT, clock=clock or FixedClock(T0),
+                     auth=Authenticator(Verifier.trusting(KEY.trusted())))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=OPERATOR) as client:
             yield app.state.intake, client
 
 
@@ -59,6 +66,12 @@ def report(**changes: Any) -> dict[str, Any]:
 
 
 HEADERS = {"X-Actor-Kind": "operator", "X-Actor-Id": "op-7", "X-Request-Id": "req-1"}
+
+
+def stored_bytes(envelope) -> bytes:  # type: ignore[no-untyped-def]
+    from gridloop_events.codec import encode
+
+    return encode(envelope)
 
 
 async def wait_register(service: IntakeService) -> None:
@@ -79,7 +92,10 @@ async def test_a_report_is_recorded_in_the_log_with_its_grid_path(settings) -> N
         assert isinstance(e.payload, CaseReported)
         assert e.payload.location.grid_path is not None
         assert e.payload.location.grid_path.model_dump() == DISTRICT.grid_path(GRID.code).model_dump()
-        assert e.payload.reporter is not None and e.payload.reporter.phone == PHONE
+        # The contact is in the event only sealed; intake alone can open it.
+        assert e.payload.reporter is not None and PHONE.encode() not in stored_bytes(e)
+        contact = await service.reporter_of(case_id)
+        assert contact is not None and contact.phone == PHONE and contact.name == NAME
         assert e.payload.idempotency_digest is None
         assert (e.actor.kind.value, e.actor.id, e.correlation_id) == ("operator", "op-7", "req-1")
         assert e.occurred_at == T0 and e.district == DISTRICT.code

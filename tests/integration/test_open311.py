@@ -11,6 +11,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from gridloop_district import default_district
+from gridloop_events.auth import Authenticator, Verifier
+from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import CaseReported, GridPath, Location
 from gridloop_events.envelope import Actor, Envelope
 from gridloop_events.testing import closed, dispatched
@@ -29,6 +31,9 @@ REQUEST_ELEMENTS = [
     "updated_datetime", "expected_datetime", "address", "address_id", "zipcode", "lat",
     "long", "media_url",
 ]
+KEY = SigningKey.generate("test-open311")
+# A resident's app makes the calls, with the resident's token.
+RESIDENT_APP = Issuer(KEY).headers("resident", sub="resident-acct-1")
 PERSONAL = {"first_name": "Xiaoming", "last_name": "Wang", "phone": "13800138000",
             "email": "wang.xiaoming@example.org", "device_id": "device-7f3a"}
 
@@ -78,10 +83,12 @@ class Env:
 async def env(nats_url: str, fresh_database: str, fresh_stream_prefix: str):  # type: ignore[no-untyped-def]
     settings = IntakeSettings(service="intake", nats_url=nats_url, database_url=fresh_database,
                               subject_prefix=fresh_stream_prefix, schema="intake")
-    app = create_app(settings, district=DISTRICT)
+    app = create_app(settings, district=DISTRICT,
+                     auth=Authenticator(Verifier.trusting(KEY.trusted())))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers=RESIDENT_APP) as client:
             yield Env(app, client)
 
 
@@ -152,7 +159,9 @@ async def test_a_posted_request_is_recorded_and_read_back_without_the_reporter(e
     assert payload.channel is Channel.open311 and payload.category_code == "CM-0101"
     assert payload.location.lat == GRID.lat and payload.location.address == "No. 3 Lane"
     assert payload.location.grid_path.grid == GRID.code
-    assert payload.reporter.name == "Xiaoming Wang" and payload.reporter.phone == "13800138000"
+    assert payload.reporter is not None  # sealed: intake alone opens it
+    contact = await env.app.state.intake.reporter_of(case_id)
+    assert contact.name == "Xiaoming Wang" and contact.phone == "13800138000"
     assert [a.uri for a in payload.attachments] == ["https://img.example.org/p/1.jpg"]
 
     # and the same case answers in XML to the POST's shape

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import asyncpg
 import nats
-import pytest
 import pytest_asyncio
 
 from crash_runner import TallyProjection

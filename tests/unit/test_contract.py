@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from typing import ClassVar
 from uuid import UUID
 
 import pytest
 from pydantic import ValidationError
 
 from gridloop_events.catalogue import CaseClosed, CaseReported, Location
-from gridloop_events.codec import CodecError, Registry, decode, default_registry, encode
-from gridloop_events.envelope import Actor, Envelope, Payload, derived_event_id, new_event_id
+from gridloop_events.codec import CodecError, decode, default_registry, encode
+from gridloop_events.envelope import Actor, derived_event_id, new_event_id
 from gridloop_events.subjects import Subjects, partition_of
 from gridloop_events.testing import T0, ClosedV2, closed_v2_registry, dispatched, reported
 from gridloop_events.vocabulary import Outcome, Tier

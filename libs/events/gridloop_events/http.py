@@ -7,7 +7,6 @@ import uuid
 
 from fastapi import HTTPException, Request
 
-from .envelope import Actor, ActorKind
 
 
 class DomainError(Exception):
@@ -35,18 +34,3 @@ def correlation_id(request: Request) -> str:
         or request.headers.get("x-request-id")
         or str(uuid.uuid4())
     )
-
-
-def actor_from(request: Request, default_kind: ActorKind = ActorKind.operator) -> Actor:
-    """The acting person, as the gateway passes it on (authentication is the gateway's and,
-    later, each service's job; here the headers are taken as given)."""
-    kind = request.headers.get("x-actor-kind", default_kind.value)
-    try:
-        actor_kind = ActorKind(kind)
-    except ValueError:
-        raise HTTPException(
-            status_code=400, detail={"reason": f"unknown actor kind {kind!r}", "field": "X-Actor-Kind"}
-        ) from None
-    actor_id = request.headers.get("x-actor-id", "anonymous")[:128] or "anonymous"
-    role = request.headers.get("x-actor-role")
-    return Actor(kind=actor_kind, id=actor_id, role=role[:64] if role else None)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
+from gridloop_district import ENV_FILE, District, default_district, load_district
+from gridloop_events.auth import Authenticator, Role, bind
 from gridloop_events.clock import Clock, OffsetClock, SystemClock
 from gridloop_events.logging import get_logger
 from gridloop_events.service import Runtime, create_service_app
@@ -28,8 +31,23 @@ def _clock(settings: EscalationSettings, clock: Clock | None) -> Clock:
     return OffsetClock() if settings.test_clock else SystemClock()
 
 
-def create_app(settings: EscalationSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
+def _district() -> District:
+    path = os.environ.get(ENV_FILE)
+    return load_district(path) if path else default_district()
+
+
+def create_app(
+    settings: EscalationSettings | None = None,
+    *,
+    clock: Clock | None = None,
+    district: District | None = None,
+    auth: Authenticator | None = None,
+) -> FastAPI:
+    """`auth` defaults to the keys the environment names (GRIDLOOP_AUTH, GRIDLOOP_JWT_*);
+    the district (its units and places) scopes what each caller sees."""
     settings = settings or EscalationSettings.from_env()
+    auth = auth or Authenticator.from_env()
+    district = district or _district()
     schema = settings.schema or SERVICE
     clock = _clock(settings, clock)
     projection = EscalationProjection(schema)
@@ -50,9 +68,15 @@ def create_app(settings: EscalationSettings | None = None, *, clock: Clock | Non
 
     runtime.background.append(supervise)
 
-    routers = [create_router(runtime, schema)]
+    routers = [create_router(runtime, schema, district, auth)]
     if settings.test_clock and isinstance(clock, OffsetClock):
-        routers.append(create_clock_router(clock))
+        # Moving the clock moves every deadline of the district: its supervisors only.
+        district_supervisor = auth.allow(
+            Role.supervisor, where=lambda p: p.covers(district.code),
+            why="moving the clock needs a supervisor of the whole district")
+        guarded = APIRouter(dependencies=[Depends(district_supervisor)])
+        guarded.include_router(create_clock_router(clock))
+        routers.append(guarded)
     app = create_service_app(
         runtime,
         title="Gridloop escalation",
@@ -60,6 +84,7 @@ def create_app(settings: EscalationSettings | None = None, *, clock: Clock | Non
         "the overdue list and the department report-in rate (部门报到率).",
         routers=routers,
     )
+    bind(app, auth)
     # The read API must find its tables on a standby too, before any leader ever ran.
     started = app.router.lifespan_context
 

@@ -1,17 +1,37 @@
 """HTTP: record a callback rating, list callbacks due and a case's ratings, report the figures.
 
 Thin: the rules are in `domain`, the counting in the projection, the SQL in `queries`.
+
+Who may (gridloop_events.auth): a resident rates their own case, a callback operator (dispatcher)
+the cases of their area; a case's ratings are read by its reporter and the staff who see the
+case; the callbacks due by district-wide staff; the figures by staff, for their scope.
 """
 
 from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from gridloop_district import District, UnknownCodeError
+from gridloop_events.auth import (
+    STAFF,
+    Authenticator,
+    CaseFacts,
+    Principal,
+    Role,
+    Verdict,
+    enforce,
+    forbidden,
+    may_see,
+    may_supervise,
+    reported_by,
+    require_self,
+    sees_unit,
+)
 from gridloop_events.commands import execute
 from gridloop_events.envelope import Envelope
-from gridloop_events.http import DomainError, actor_from, correlation_id, http_error
-from gridloop_events.lifecycle import CaseState
+from gridloop_events.http import DomainError, correlation_id, http_error
+from gridloop_events.lifecycle import CaseState, fold
 from gridloop_events.logging import get_logger
 from gridloop_events.service import Runtime
 from gridloop_events.vocabulary import Rating
@@ -49,10 +69,54 @@ STATS_DESCRIPTION = (
 )
 
 
+def may_rate(p: Principal, facts: CaseFacts) -> Verdict:
+    """The resident who reported the case, or a callback operator of its area."""
+    if p.role is Role.resident:
+        return Verdict.allow if reported_by(p, facts) else Verdict.hide
+    return may_supervise(p, facts)
+
+
 def build_router(
-    runtime: Runtime, projection: FeedbackProjection, settings: FeedbackSettings
+    runtime: Runtime, projection: FeedbackProjection, settings: FeedbackSettings,
+    district: District, auth: Authenticator,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["feedback"])
+    # Guards as parameter defaults: an annotation could not name these local values.
+    as_rater = Depends(auth.allow(Role.resident, Role.dispatcher))
+    as_reader = Depends(auth.allow(Role.resident, *STAFF))
+    as_staff = Depends(auth.allow(*STAFF))
+    as_district_staff = Depends(auth.allow(
+        Role.dispatcher, Role.supervisor, Role.auditor,
+        where=lambda p: p.covers(district.code),
+        why="the callbacks due are the district's: they need a district-wide token"))
+
+    def unknown_case() -> HTTPException:
+        return HTTPException(404, detail={"reason": "unknown case", "field": "case_id"})
+
+    def grids_of(unit_code: str) -> tuple[str, ...]:
+        try:
+            return district.grids_covered_by(unit_code)
+        except UnknownCodeError:
+            return ()
+
+    def stats_scope(p: Principal, grid: str | None,
+                    unit: str | None) -> tuple[str | None, str | None]:
+        """The figures of the caller's scope: a grid or a unit of it, unless district-wide."""
+        if p.role is Role.auditor or p.covers(district.code):
+            return grid, unit
+        if p.role is Role.unit_handler:
+            if unit not in (None, p.unit):
+                raise forbidden("you may see your own unit's figures only", "unit")
+            return grid, p.unit
+        if grid is not None and not p.covers(grid):
+            raise forbidden(f"grid {grid} lies outside your area", "grid")
+        if unit is not None and not sees_unit(p, unit, grids_of(unit)):
+            raise forbidden(f"unit {unit} lies outside your area", "unit")
+        if grid is None and unit is None:
+            if len(p.scope) == 1 and district.is_grid_code(p.scope[0]):
+                return p.scope[0], None
+            raise forbidden("name a grid or a unit of your area (grid=, unit=)")
+        return grid, unit
 
     def pool() -> asyncpg.Pool:
         if runtime.pool is None:
@@ -70,10 +134,20 @@ def build_router(
             "reopens the case (the dispatch service re-dispatches it). Emits CallbackRated."
         ),
     )
-    async def rate(case_id: CaseId, body: RateCallback, request: Request) -> RatingRecorded:
+    async def rate(case_id: CaseId, body: RateCallback, request: Request,
+                   principal: Principal = as_rater) -> RatingRecorded:
         if runtime.store is None:
             raise HTTPException(503, detail={"reason": "the service is not started"})
-        actor = actor_from(request)
+        require_self(principal, "rated_by", body.rated_by)
+        history = await runtime.store.read(case_id)
+        facts = CaseFacts.from_history(history)
+        if facts is not None:
+            # Who reported it and where it lies never change: checked once, before deciding.
+            enforce(may_rate(principal, facts),
+                    lambda: http_error(DomainError(
+                        "unknown case: no event was ever recorded for it", status=404)),
+                    "rate")
+        actor = principal.actor()
         correlation = correlation_id(request)
         now = runtime.clock.now()
 
@@ -81,7 +155,7 @@ def build_router(
             return decide_rating(state, body, actor=actor, correlation_id=correlation, now=now)
 
         try:
-            outcome = await execute(runtime.store, case_id, decide)
+            outcome = await execute(runtime.store, case_id, decide, known=fold(history))
         except DomainError as exc:
             log.info("callback.refused", case_id=case_id, correlation_id=correlation,
                      status=exc.status, reason=exc.reason)
@@ -104,12 +178,18 @@ def build_router(
         summary="A case's callback ratings, by round",
         description="404 when no event was ever recorded for the case.",
     )
-    async def ratings(case_id: CaseId) -> dict[str, Any]:
+    async def ratings(case_id: CaseId, principal: Principal = as_reader) -> dict[str, Any]:
+        if runtime.store is None:
+            raise HTTPException(503, detail={"reason": "the service is not started"})
+        facts = CaseFacts.from_history(await runtime.store.read(case_id))
+        if facts is None:
+            raise unknown_case()
+        enforce(may_see(principal, facts), unknown_case, "read")
         async with queries.reading(pool(), projection.schema) as conn:
             known = await queries.case_known(conn, case_id)
             rows = await queries.ratings_of(conn, case_id)
         if not known and (runtime.store is None or await runtime.store.version(case_id) == 0):
-            raise HTTPException(404, detail={"reason": "unknown case", "field": "case_id"})
+            raise unknown_case()
         return {"case_id": case_id, "ratings": [_rating(r) for r in rows]}
 
     @router.get(
@@ -122,6 +202,7 @@ def build_router(
         ),
     )
     async def due(
+        principal: Principal = as_district_staff,
         limit: Annotated[int, Query(ge=1, le=settings.due_page_max)] = 100,
     ) -> dict[str, Any]:
         now = runtime.clock.now()
@@ -151,6 +232,7 @@ def build_router(
         description=STATS_DESCRIPTION,
     )
     async def stats(
+        principal: Principal = as_staff,
         group_by: GroupBy = GroupBy.district,
         from_month: Annotated[
             str | None, Query(alias="from", pattern=Month, description="first report month, YYYY-MM")
@@ -165,6 +247,7 @@ def build_router(
         if from_month and to_month and from_month > to_month:
             raise http_error(DomainError(
                 f"from {from_month} is after to {to_month}", status=422, field="from"))
+        grid, unit = stats_scope(principal, grid, unit)
         f = StatsFilter(from_month, to_month, grid, unit, category)
         async with queries.reading(pool(), projection.schema) as conn:
             groups, total = await queries.stats(conn, group_by, f)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
-from gridloop_district import District, default_district
+from gridloop_district import ENV_FILE, District, default_district, load_district
+from gridloop_events.auth import Authenticator, bind
 from gridloop_events.clock import Clock
 from gridloop_events.service import Runtime, create_service_app
 
@@ -20,14 +23,22 @@ DESCRIPTION = (
 )
 
 
+def _district() -> District:
+    path = os.environ.get(ENV_FILE)
+    return load_district(path) if path else default_district()
+
+
 def create_app(
     settings: FeedbackSettings | None = None,
     *,
     clock: Clock | None = None,
     district: District | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
+    """`auth` defaults to the keys the environment names (GRIDLOOP_AUTH, GRIDLOOP_JWT_*)."""
     settings = settings or FeedbackSettings.from_env()
-    district = district or default_district()
+    auth = auth or Authenticator.from_env()
+    district = district or _district()
     runtime = Runtime(settings, clock=clock)
     # The runtime opens its store only when it starts, after this; the projection asks for it
     # when it first reacts.
@@ -40,7 +51,8 @@ def create_app(
         runtime,
         title="Gridloop feedback",
         description=DESCRIPTION,
-        routers=[build_router(runtime, projection, settings)],
+        routers=[build_router(runtime, projection, settings, district, auth)],
     )
+    bind(app, auth)
     app.state.projection = projection
     return app

@@ -1,22 +1,45 @@
-"""Intake's native HTTP API: thin handlers over IntakeService and the pure domain."""
+"""Intake's native HTTP API: thin handlers over IntakeService and the pure domain.
+
+Who may do what (the token decides, see gridloop_events.auth): residents report and read their
+own cases; grid workers and hotline operators (dispatchers) report within their area; staff read
+the cases of their area or unit; auditors read all; an integration reads a case's status only.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from gridloop_events.http import DomainError, actor_from, correlation_id, http_error
+from gridloop_district import District, UnknownCodeError
+from gridloop_events.auth import (
+    EVERYONE,
+    Authenticator,
+    CaseFacts,
+    Principal,
+    Role,
+    enforce,
+    forbidden,
+    listing_area,
+    may_handle,
+    may_see,
+    may_supervise,
+    require_self,
+)
+from gridloop_events.http import DomainError, correlation_id, http_error
 from gridloop_events.logging import get_logger
 
-from .domain.commands import ReportRejected
-from .domain.listing import CasePage, parse_case_query
+from .domain.commands import ReportCase, ReportRejected
+from .domain.listing import CasePage, CaseQuery, parse_case_query
+from .domain.location import resolve_location
 from .domain.parsing import parse_report
 from .domain.reference import categories_doc, grids_geojson
 from .domain.views import CaseView, TimelineEntry
-from .reporting import IntakeService
+from .reporting import CASE_ID_PATTERN, IntakeService
 
 log = get_logger(__name__)
 
@@ -82,6 +105,31 @@ def case_json(v: CaseView, *, with_timeline: bool) -> dict[str, Any]:
     return out
 
 
+def status_json(v: CaseView) -> dict[str, Any]:
+    """A case's status for other systems: codes, times and who holds it — nothing a resident
+    wrote (description, address, resolution text) and no timeline of people."""
+    return {
+        "case_id": v.case_id,
+        "status": v.status,
+        "district": v.district,
+        "category_code": v.category_code,
+        "severity": v.severity,
+        "grid_code": v.grid_code,
+        "tier": v.tier,
+        "unit_code": v.unit_code,
+        "urgent": v.urgent,
+        "escalation_level": v.escalation_level,
+        "accept_due": _time(v.accept_due),
+        "resolve_due": _time(v.resolve_due),
+        "reported_at": _time(v.reported_at),
+        "updated_at": _time(v.updated_at),
+        "closed_at": _time(v.closed_at),
+        "outcome": v.outcome,
+        "version": v.version,
+        "status_url": f"/v1/cases/{v.case_id}",
+    }
+
+
 def page_json(page: CasePage) -> dict[str, Any]:
     return {
         "items": [case_json(v, with_timeline=False) for v in page.items],
@@ -92,13 +140,104 @@ def page_json(page: CasePage) -> dict[str, Any]:
     }
 
 
-def build_api(service: IntakeService, *, max_body_bytes: int = 1_000_000) -> APIRouter:
+REPORTERS = (Role.resident, Role.grid_worker, Role.dispatcher)
+
+
+def authorize_report(district: District, principal: Principal, cmd: ReportCase) -> ReportCase:
+    """A resident reports anywhere in the district, for themselves; a grid worker on patrol
+    within their grids and a hotline operator within their area, as the first-contact owner
+    (首问责任人). Returns the command with first_contact set from the token."""
+    if principal.role is Role.resident:
+        if cmd.first_contact is not None:
+            raise forbidden("first_contact names the worker who took a report", "first_contact")
+        return cmd
+    require_self(principal, "first_contact", cmd.first_contact)
+    location = resolve_location(district, cmd.grid_code, cmd.lat, cmd.lon, cmd.address)
+    grid = location.grid_path.grid if location.grid_path else None
+    place = district.code if grid is None and principal.role is Role.dispatcher else grid
+    if not principal.covers(place):
+        raise forbidden("the report's location lies outside your area", "location")
+    return dataclasses.replace(cmd, first_contact=principal.subject)
+
+
+def _area_field(district: District, code: str) -> str | None:
+    """Which register filter a place code is: None for the district itself."""
+    if code == district.code:
+        return None
+    if district.is_grid_code(code):
+        return "grid"
+    for name, lookup in (("community", district.community), ("street", district.street)):
+        try:
+            lookup(code)
+            return name
+        except UnknownCodeError:
+            pass
+    raise forbidden(f"{code} is not a street, community or grid of district {district.code}")
+
+
+def scoped_query(district: District, principal: Principal, query: CaseQuery) -> CaseQuery:
+    """Narrow a register query to what the caller may list."""
+    if principal.role is Role.auditor:
+        return query
+    if principal.role is Role.unit_handler:
+        if query.unit is not None and query.unit != principal.unit:
+            raise forbidden("you may list your own unit's cases only", "unit")
+        return dataclasses.replace(query, unit=principal.unit)
+    requested = query.grid or query.community or query.street
+    area = listing_area(principal, requested, district.code)
+    if area is None or area == requested:
+        return query
+    name = _area_field(district, area)
+    return dataclasses.replace(query, **{name: area}) if name else query
+
+
+def contact_guard(service: IntakeService, auth: Authenticator) -> Any:
+    """Who may open a resident's contact (GET /v1/cases/{case_id}/reporter): the resident
+    themselves, the hotline and callback operators (dispatchers) of the case's area, and whoever
+    handles the case now. Not supervisors, not auditors: they judge the work, not the person."""
+    allowed = auth.allow(Role.resident, Role.dispatcher, Role.unit_handler, Role.grid_worker)
+
+    async def guard(case_id: str, principal: Principal = Depends(allowed)) -> Principal:
+        def unknown() -> HTTPException:
+            return _refused("case_id", f"no case {case_id}", 404)
+
+        if not re.match(CASE_ID_PATTERN, case_id):
+            raise unknown()
+        facts = CaseFacts.from_history(await service.store.read(case_id))
+        if facts is None:
+            raise unknown()
+        if principal.role is Role.resident:
+            verdict = may_see(principal, facts)
+        elif principal.role is Role.dispatcher:
+            verdict = may_supervise(principal, facts)
+        else:
+            verdict = may_handle(principal, facts)
+        enforce(verdict, unknown, "contact the reporter of")
+        return principal
+
+    guard.gridloop_roles = allowed.gridloop_roles  # type: ignore[attr-defined]
+    return guard
+
+
+def build_api(service: IntakeService, auth: Authenticator, *,
+              max_body_bytes: int = 1_000_000) -> APIRouter:
     router = APIRouter(tags=["intake"])
     grids = grids_geojson(service.district)
     categories = categories_doc(service.district)
 
+    # Guards as parameter defaults: an annotation could not name these local values.
+    as_reporter = Depends(auth.allow(*REPORTERS))
+    as_anyone = Depends(auth.allow(*EVERYONE))
+    as_lister = Depends(auth.allow(
+        Role.grid_worker, Role.unit_handler, Role.dispatcher, Role.supervisor, Role.auditor))
+
+    def unknown(case_id: str) -> HTTPException:
+        return _refused("case_id", f"no case {case_id}", 404)
+
     @router.post("/v1/cases", status_code=201)
-    async def report_case(request: Request) -> JSONResponse:
+    async def report_case(
+        request: Request, principal: Principal = as_reporter
+    ) -> JSONResponse:
         if not _is_json(request.headers.get("content-type", "")):
             raise _refused("Content-Type", "send the report as application/json", 415)
         body = await request.body()
@@ -108,11 +247,11 @@ def build_api(service: IntakeService, *, max_body_bytes: int = 1_000_000) -> API
             raw = json.loads(body, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError):
             raise _refused("body", "is not valid JSON", 400) from None
-        actor = actor_from(request)
         correlation = correlation_id(request)
         try:
             cmd = parse_report(raw, request.headers.get("idempotency-key"))
-            result = await service.report(cmd, actor, correlation)
+            cmd = authorize_report(service.district, principal, cmd)
+            result = await service.report(cmd, principal.actor(), correlation)
         except ReportRejected as exc:
             # The field's name only: its value may be a resident's data.
             log.info("case.report_refused", field=exc.field, status=exc.status,
@@ -127,25 +266,37 @@ def build_api(service: IntakeService, *, max_body_bytes: int = 1_000_000) -> API
         )
 
     @router.get("/v1/cases/{case_id}")
-    async def get_case(case_id: str) -> dict[str, Any]:
+    async def get_case(
+        case_id: str, principal: Principal = as_anyone
+    ) -> dict[str, Any]:
         view = await service.case_view(case_id)
         if view is None:
-            raise _refused("case_id", f"no case {case_id}", 404)
+            raise unknown(case_id)
+        if principal.role is Role.integration:
+            return status_json(view)
+        facts = CaseFacts.from_history(await service.store.read(case_id))
+        if facts is None:
+            raise unknown(case_id)
+        enforce(may_see(principal, facts), lambda: unknown(case_id), "read")
         return case_json(view, with_timeline=True)
 
     @router.get("/v1/cases")
-    async def list_cases(request: Request) -> dict[str, Any]:
+    async def list_cases(
+        request: Request,
+        principal: Principal = as_lister,
+    ) -> dict[str, Any]:
         try:
             query = parse_case_query(request.query_params, service.clock.now())
         except DomainError as exc:
             raise http_error(exc) from None
+        query = scoped_query(service.district, principal, query)
         return page_json(await service.query_cases(query))
 
-    @router.get("/v1/grids")
+    @router.get("/v1/grids", dependencies=[as_anyone])
     async def get_grids() -> JSONResponse:
         return JSONResponse(grids, media_type="application/geo+json")
 
-    @router.get("/v1/categories")
+    @router.get("/v1/categories", dependencies=[as_anyone])
     async def get_categories() -> dict[str, Any]:
         return categories
 

@@ -30,8 +30,6 @@ from gridloop_events.crypto import (
     WrappedKey,
     open_contact,
 )
-from gridloop_events.envelope import ActorKind
-from gridloop_events.http import actor_from
 from gridloop_events.logging import get_logger
 from gridloop_events.projection import check_schema
 from gridloop_events.store import EventStore
@@ -242,13 +240,12 @@ async def reporter_lookup(store: EventStore, keys: CaseKeys, case_id: str, *,
 
 def _who(request: Request) -> str:
     """Who opened a contact, for the log: the verified caller the auth guard left on the
-    request, else the gateway's actor headers. A resident is logged as a role, not an id."""
+    request (the route is never served without one). A resident is logged as a role."""
     principal = getattr(request.state, "principal", None)
-    if principal is not None and hasattr(principal, "log_fields"):
-        fields = principal.log_fields()
-        return f"{fields['actor_role']}:{fields['actor_id']}"
-    actor = actor_from(request)
-    return "resident" if actor.kind is ActorKind.resident else f"{actor.kind.value}:{actor.id}"
+    if principal is None:
+        return "unverified"
+    fields = principal.log_fields()
+    return f"{fields['actor_role']}:{fields['actor_id']}"
 
 
 def reporter_router(service: IntakeService, *, dependencies: Sequence[Any] = ()) -> APIRouter:

@@ -2,6 +2,10 @@
 
 Every answer, refusals included, is in the format the path's extension names (.json or .xml);
 a path or extension the spec does not know is a 404 in the spec's error format.
+
+Every call needs a bearer token. The GETs are the public view, open to every role (an external
+system's too); a request is posted by a resident, or by a grid worker or hotline operator within
+their area, exactly as on the native API.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
-from gridloop_events.envelope import ActorKind
-from gridloop_events.http import DomainError, actor_from, correlation_id
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from gridloop_events.auth import EVERYONE, Authenticator, AuthRefused, Principal
+from gridloop_events.http import DomainError, correlation_id
 from gridloop_events.lifecycle import OPEN_STATUSES
 from gridloop_events.logging import get_logger
 
+from ..api import REPORTERS, authorize_report
 from ..domain.commands import ReportRejected
 from ..domain.listing import MAX_LIMIT as REGISTER_PAGE
 from . import catalogue
@@ -71,7 +77,7 @@ async def _answer(
     except DomainError as e:
         status = e.status if e.status in (404, 409) else 400
         error = Open311Error(status, f"{e.field}: {e.reason}" if e.field else e.reason)
-    except HTTPException as e:  # actor headers the gateway passes on, refused by actor_from
+    except HTTPException as e:  # a refusal by the authorisation rules
         reason = e.detail.get("reason") if isinstance(e.detail, dict) else str(e.detail)
         error = Open311Error(e.status_code, str(reason))
     except Exception:
@@ -138,11 +144,30 @@ async def _read_form(request: Request) -> Any:
         raise bad_request("the body is not a valid form") from None
 
 
-def build_router(service: IntakeService) -> APIRouter:
+def _extension(path: str) -> str:
+    last = path.rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[1] if "." in last else "json"
+
+
+async def refusal_handler(request: Request, exc: AuthRefused) -> Response:
+    """A missing or refused token under /open311/ answers in the spec's error format too."""
+    if not request.url.path.startswith(PREFIX + "/"):
+        return await http_exception_handler(request, exc)
+    reason = exc.detail.get("reason") if isinstance(exc.detail, dict) else str(exc.detail)
+    rendered = render_errors(_error_format(_extension(request.url.path)),
+                             [Open311Error(exc.status_code, str(reason))])
+    response = _response(rendered)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def build_router(service: IntakeService, auth: Authenticator) -> APIRouter:
     """GeoReport v2 over the intake service: its district, clock, report, case_view, list_cases."""
     router = APIRouter(prefix=PREFIX, tags=["open311"])
+    public = [Depends(auth.allow(*EVERYONE))]
+    reporter = Depends(auth.allow(*REPORTERS))
 
-    @router.get("/services.{fmt}")
+    @router.get("/services.{fmt}", dependencies=public)
     async def get_services(fmt: str, request: Request) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
@@ -150,7 +175,7 @@ def build_router(service: IntakeService) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/services/{service_code}.{fmt}")
+    @router.get("/services/{service_code}.{fmt}", dependencies=public)
     async def get_service_definition(service_code: str, fmt: str, request: Request) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
@@ -160,14 +185,15 @@ def build_router(service: IntakeService) -> APIRouter:
         return await _answer(request, fmt, produce)
 
     @router.post("/requests.{fmt}")
-    async def post_request(fmt: str, request: Request) -> Response:
+    async def post_request(fmt: str, request: Request,
+                           principal: Principal = reporter) -> Response:
         async def produce(f: Format) -> Rendered:
             form = await _read_form(request)
             _check_jurisdiction(service, form)
             cmd = report_from_form(service.district, form,
                                    idempotency_key=request.headers.get("idempotency-key"))
-            actor = actor_from(request, default_kind=ActorKind.resident)
-            result = await service.report(cmd, actor, correlation_id(request))
+            cmd = authorize_report(service.district, principal, cmd)
+            result = await service.report(cmd, principal.actor(), correlation_id(request))
             account = form.get("account_id")
             account_id = account.strip() or None if isinstance(account, str) else None
             posted = posted_doc(service.district, result.case_id, cmd.category_code, account_id)
@@ -175,7 +201,7 @@ def build_router(service: IntakeService) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests.{fmt}")
+    @router.get("/requests.{fmt}", dependencies=public)
     async def get_requests(fmt: str, request: Request) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
@@ -185,7 +211,7 @@ def build_router(service: IntakeService) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests/{service_request_id}.{fmt}")
+    @router.get("/requests/{service_request_id}.{fmt}", dependencies=public)
     async def get_request(service_request_id: str, fmt: str, request: Request) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
@@ -197,9 +223,9 @@ def build_router(service: IntakeService) -> APIRouter:
         return await _answer(request, fmt, produce)
 
     @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                      include_in_schema=False)
+                      include_in_schema=False, dependencies=public)
     async def unknown(rest: str, request: Request) -> Response:
-        extension = rest.rsplit(".", 1)[1] if "." in rest.rsplit("/", 1)[-1] else "json"
+        extension = _extension(rest)
 
         async def produce(_: Format) -> Rendered:
             raise not_found(f"{PREFIX}/{rest} is not a GeoReport v2 resource")
