@@ -55,11 +55,26 @@ def _wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: fl
     raise RuntimeError(f"{name} not ready on port {port} after {timeout:.0f}s")
 
 
+def _gateway_module():  # type: ignore[no-untyped-def]
+    """deploy/gateway/local.py of this checkout (deploy/ is configuration, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "gateway" / "local.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("gridloop_gateway_local", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def up(
     data_dir: Path = typer.Option(Path(".run"), help="Where NATS and PostgreSQL keep their data."),
     nats_port: int = typer.Option(4222, help="NATS client port."),
     postgres_port: int = typer.Option(55432, help="PostgreSQL port."),
     test_clock: bool = typer.Option(False, help="Let /v1/admin/clock move escalation's clock."),
+    gateway_port: int = typer.Option(8080, help="The nginx gateway's port (when nginx exists)."),
 ) -> None:
     """Start the whole system on embedded defaults and the demo district; Ctrl-C stops it."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +102,8 @@ def up(
         if test_clock:
             env["GRIDLOOP_TEST_CLOCK"] = "1"
         procs: dict[str, subprocess.Popen[bytes]] = {}
+        procs_gateway: subprocess.Popen[bytes] | None = None
+        gateway = None
         stopping = False
 
         def stop(*_: object) -> None:
@@ -102,6 +119,9 @@ def up(
                                               DEFAULT_PORTS[name])) for name in SERVICES}
             for name in SERVICES:
                 _wait_ready(name, ports[name], procs[name], timeout=90)
+            gateway = _gateway_module()
+            if gateway is not None and gateway.nginx_binary():
+                procs_gateway = gateway.start_gateway(data_dir / "gateway", ports, gateway_port)
             table = Table(title="Gridloop is up")
             table.add_column("service")
             table.add_column("API")
@@ -109,6 +129,9 @@ def up(
             for name in SERVICES:
                 base = f"http://127.0.0.1:{ports[name]}"
                 table.add_row(name, base, f"{base}/docs")
+            if procs_gateway is not None:
+                base = f"http://127.0.0.1:{gateway_port}"
+                table.add_row("gateway (nginx)", base, f"one base URL: {base}/v1/…")
             table.add_row("nats", servers.nats_url, "stream GRIDLOOP_CASES")
             table.add_row("postgres", database_url, "one schema per service")
             console.print(table)
@@ -126,6 +149,8 @@ def up(
         except KeyboardInterrupt:
             pass
         finally:
+            if procs_gateway is not None and gateway is not None:
+                gateway.stop(procs_gateway)
             console.print("stopping services…")
             for proc in procs.values():
                 if proc.poll() is None:

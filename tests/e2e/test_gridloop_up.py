@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +20,14 @@ SERVICES = ("intake", "dispatch", "escalation", "feedback")
 
 def test_up_starts_servers_and_services_then_stops_on_sigterm(tmp_path: Path) -> None:
     ports = {name: find_free_port() for name in SERVICES}
+    gateway_port = find_free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env.update({f"GRIDLOOP_{n.upper()}_PORT": str(p) for n, p in ports.items()})
     cli = Path(sys.executable).parent / "gridloop"
     proc = subprocess.Popen(
         [str(cli), "up", "--data-dir", str(tmp_path / "run"), "--nats-port",
-         str(find_free_port()), "--postgres-port", str(find_free_port())],
+         str(find_free_port()), "--postgres-port", str(find_free_port()),
+         "--gateway-port", str(gateway_port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -47,6 +50,10 @@ def test_up_starts_servers_and_services_then_stops_on_sigterm(tmp_path: Path) ->
         token = Issuer(keys.signing_key()).headers("auditor", sub="newcomer")
         r = httpx.get(categories, headers=token, timeout=5)
         assert r.status_code == 200
+        if shutil.which("nginx"):  # the same gateway in front, one base URL
+            via = f"http://127.0.0.1:{gateway_port}/v1/categories"
+            r = httpx.get(via, headers=token, timeout=5)
+            assert r.status_code == 200 and "x-request-id" in {k.lower() for k in r.headers}
         assert (tmp_path / "run" / "nats").exists()  # data kept under the given folder
     finally:
         proc.send_signal(signal.SIGTERM)
