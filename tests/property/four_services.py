@@ -1,7 +1,7 @@
 """The four real services in one event loop, on one fresh NATS stream prefix and one fresh database.
 
 Each app is built with its own `create_app(settings)` and runs its own lifespan, exactly as its
-process would (runtime, projection runners, reactions, escalation's leader and ticker); HTTP
+process would (runtime, projection runners, reactions, escalation's ticker); HTTP
 goes through `httpx.ASGITransport`, so commands take the services' real request path. The
 escalation service runs the test clock: parked an hour in the past, nothing of the wall clock's
 passing can fire a deadline while a history is being played, and a step that means "this
@@ -120,7 +120,6 @@ class System:
     # --- who is applying what --------------------------------------------------------------
 
     def runners(self) -> dict[str, list[ProjectionRunner]]:
-        # Escalation's leader adds its runner to the runtime's list too, while it leads.
         return {name: list(self.apps[name].state.runtime.runners) for name in SERVICES}
 
     async def settle(self) -> int:
@@ -236,8 +235,7 @@ def settings_for(service: str, nats_url: str, database_url: str, prefix: str) ->
     if service == "dispatch":
         return DispatchSettings(**common)
     if service == "escalation":
-        return EscalationSettings(**common, test_clock=True, tick_seconds=0.02,
-                                  leader_retry_seconds=0.2)
+        return EscalationSettings(**common, test_clock=True, tick_seconds=0.02)
     return FeedbackSettings(**common)
 
 

@@ -67,6 +67,9 @@ async def use_schema(conn: asyncpg.Connection, schema: str) -> None:
 
 async def ensure_schema(conn: asyncpg.Connection, projection: Projection, schema: str) -> None:
     async with conn.transaction():
+        # Instances starting together would race on CREATE … IF NOT EXISTS (it is not atomic
+        # in PostgreSQL's catalogue): one at a time.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"gridloop:ddl:{schema}")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {check_schema(schema)}")
         await use_schema(conn, schema)
         await conn.execute(COMMON_DDL)

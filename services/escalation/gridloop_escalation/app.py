@@ -1,11 +1,8 @@
-"""Wiring: runtime (NATS, PostgreSQL), the projection leader and the ticker jobs, the routers."""
+"""Wiring: runtime (NATS, PostgreSQL, the projection runner), the ticker job, the routers."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -17,7 +14,6 @@ from gridloop_events.service import Runtime, create_service_app
 
 from .admin import create_clock_router
 from .api import create_router
-from .leadership import ProjectionLeader, ensure_tables
 from .projection import EscalationProjection
 from .settings import SERVICE, EscalationSettings
 from .ticker import Ticker
@@ -51,22 +47,11 @@ def create_app(
     schema = settings.schema or SERVICE
     clock = _clock(settings, clock)
     projection = EscalationProjection(schema)
-    # The runner is started by the leader job, not by the runtime: see leadership.py.
-    runtime = Runtime(settings, [], clock=clock)
+    # Several instances: the runners split or stand by over partitions (advisory locks in the
+    # library); every instance ticks, which is safe because a miss has one deterministic id.
+    runtime = Runtime(settings, [projection], clock=clock)
     ticker = Ticker(settings, clock, schema, registry=runtime.metrics.registry)
-    leader = ProjectionLeader(projection, settings.leader_retry_seconds)
-
-    async def supervise(rt: Runtime) -> None:
-        while True:
-            try:
-                await ensure_tables(rt, projection)
-                break
-            except Exception as exc:  # noqa: BLE001 - the database may still be coming up
-                log.warning("escalation.tables_not_ready", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
-        await asyncio.gather(leader.run(rt), ticker.run(rt))
-
-    runtime.background.append(supervise)
+    runtime.background.append(ticker.run)
 
     routers = [create_router(runtime, schema, district, auth)]
     if settings.test_clock and isinstance(clock, OffsetClock):
@@ -85,17 +70,6 @@ def create_app(
         routers=routers,
     )
     bind(app, auth)
-    # The read API must find its tables on a standby too, before any leader ever ran.
-    started = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        async with started(a):
-            await ensure_tables(runtime, projection)
-            yield
-
-    app.router.lifespan_context = lifespan
     app.state.ticker = ticker
-    app.state.leader = leader
     app.state.clock = clock
     return app

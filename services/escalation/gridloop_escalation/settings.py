@@ -27,7 +27,6 @@ class EscalationSettings(ServiceSettings):
     # projection, or a failed append) is looked at again after this long.
     retry_seconds: float = 30.0
     # How often a standby instance tries to take over the projection runner.
-    leader_retry_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, service: str = SERVICE) -> EscalationSettings:
@@ -40,5 +39,4 @@ class EscalationSettings(ServiceSettings):
             tick_batch=int(env("GRIDLOOP_ESCALATION_TICK_BATCH") or 500),
             tick_concurrency=int(env("GRIDLOOP_ESCALATION_TICK_CONCURRENCY") or 16),
             retry_seconds=float(env("GRIDLOOP_ESCALATION_RETRY_SECONDS") or 30.0),
-            leader_retry_seconds=float(env("GRIDLOOP_ESCALATION_LEADER_RETRY_SECONDS") or 1.0),
         )
