@@ -9,6 +9,7 @@ PostgreSQL, the stream or the feedback service could not be reached.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Optional
@@ -286,7 +287,11 @@ def events_tail(
         async with connected(Target(nats_url, prefix=prefix), database=False) as conn:
             store = conn.need_store()
             subject = tail_ops.subject_filter(store.subjects, district, event_type, case_id)
-            async for event in tail_ops.events(store, subject, from_seq, follow):
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            async for event in tail_ops.events(store, subject, from_seq, follow, stop):
                 if json_out:
                     output.json_line(event)
                 else:

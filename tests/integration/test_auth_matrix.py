@@ -318,16 +318,8 @@ class System:
         return case_id
 
     async def caught_up(self) -> None:
-        for name, app in self.apps.items():
-            runners = list(app.state.runtime.runners)
-            if name == "escalation":
-                leader = app.state.leader
-                for _ in range(200):
-                    if leader.runner is not None:
-                        break
-                    await asyncio.sleep(0.05)
-                runners = [leader.runner]
-            for runner in runners:
+        for app in self.apps.values():
+            for runner in app.state.runtime.runners:
                 await runner.wait_caught_up(timeout=15)
 
 

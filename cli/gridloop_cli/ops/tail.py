@@ -35,7 +35,8 @@ def subject_filter(
 
 
 async def raw_events(
-    store: EventStore, subject: str, from_seq: int = 1, follow: bool = False
+    store: EventStore, subject: str, from_seq: int = 1, follow: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[RawEvent]:
     """Stored events matching `subject` from `from_seq` on, in stream order, as stored."""
     config = jsapi.ConsumerConfig(
@@ -49,7 +50,9 @@ async def raw_events(
     sub = await store.js.pull_subscribe(subject, stream=store.stream, config=config)
     try:
         pending = (await sub.consumer_info()).num_pending
-        while follow or pending > 0:
+        # Following ends when `stop` is set (Ctrl-C): checked between fetches of at most 1 s,
+        # so the consumer and the connection close in order instead of being torn down.
+        while (follow and not (stop and stop.is_set())) or pending > 0:
             try:
                 msgs = await sub.fetch(FETCH, timeout=1.0 if follow else IDLE)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -57,6 +60,7 @@ async def raw_events(
                 # server counted a message it cannot deliver (a damaged record): stop, and let
                 # the caller compare what it read with what the stream says it holds.
                 if follow:
+                    pending = 0
                     continue
                 return
             for msg in msgs:
@@ -68,10 +72,11 @@ async def raw_events(
 
 
 async def events(
-    store: EventStore, subject: str, from_seq: int = 1, follow: bool = False
+    store: EventStore, subject: str, from_seq: int = 1, follow: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Each matching event as a dict without personal data, `sequence` and `subject` added."""
-    async with aclosing(raw_events(store, subject, from_seq, follow)) as stored:
+    async with aclosing(raw_events(store, subject, from_seq, follow, stop)) as stored:
         async for raw in stored:
             yield {**shown(raw.sequence, raw.subject, raw.data, store),
                    "stored_at": raw.stored_at.isoformat() if raw.stored_at else None}
