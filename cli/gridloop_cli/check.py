@@ -34,6 +34,8 @@ def check(
         30.0, help="Cases quiet this long must not be stranded."),
     late_tolerance: float = typer.Option(
         60.0, help="Seconds a due deadline may wait for its DeadlineMissed."),
+    token: str = typer.Option(None, envvar="GRIDLOOP_TOKEN",
+                              help="Bearer token for the services' HTTP APIs, where they need one."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report here."),
     max_violations: int = typer.Option(50, help="Violations listed in the printed report."),
 ) -> None:
@@ -44,7 +46,8 @@ def check(
         specs = parse_specs(projections)
         report = asyncio.run(run_check(
             nats_url, database_url, prefix=prefix, specs=specs, feedback_url=feedback_url,
-            escalation_url=escalation_url, options=options))
+            escalation_url=escalation_url, options=options,
+            http_headers={"Authorization": f"Bearer {token}"} if token else None))
     except Exception as exc:  # noqa: BLE001 - an operator needs the reason, not a traceback
         typer.echo(f"gridloop check: could not check: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc

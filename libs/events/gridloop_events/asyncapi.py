@@ -276,8 +276,9 @@ def asyncapi_router(prefix: str = DEFAULT_PREFIX, registry: Registry = REGISTRY)
     router = APIRouter(tags=["contract"])
     document = asyncapi_document(prefix, registry)
 
-    @router.get("/asyncapi.json", summary="The AsyncAPI 3.0 document of Gridloop's events")
-    async def asyncapi_json() -> JSONResponse:
+    @router.get("/asyncapi.json", summary="The AsyncAPI 3.0 document of Gridloop's events",
+                response_class=JSONResponse, response_model=None)
+    async def asyncapi_json():  # type: ignore[no-untyped-def]
         return JSONResponse(document)
 
     return router

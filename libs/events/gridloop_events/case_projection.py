@@ -18,8 +18,11 @@ import asyncpg
 from .commands import Decide, execute
 from .envelope import StoredEvent
 from .lifecycle import CaseState, Deadline, Status, evolve
+from .logging import get_logger
 from .store import EventStore
 from .vocabulary import DeadlineKind, Outcome, ProblemKind, Rating, Severity, Tier
+
+log = get_logger(__name__)
 
 STATE_DDL = """
 CREATE TABLE IF NOT EXISTS case_state (
@@ -128,8 +131,16 @@ class CaseProjection:
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         """DDL of the service's own read model (unqualified names; IF NOT EXISTS)."""
 
-    async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> CaseState:
+    async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> CaseState | None:
         before = await load_state(conn, stored.envelope.case_id)
+        if before.events > 0 and stored.envelope.prev_hash != before.last_hash:
+            # Not the next link of this case's chain: a copy of an event already applied (bytes
+            # republished under a new message id) or one out of place. Applying it would move
+            # the case backwards; the audit names it, the projection leaves it alone.
+            log.warning("projection.off_chain", case_id=before.case_id,
+                        sequence=stored.sequence, event_id=str(stored.envelope.event_id),
+                        event_type=stored.envelope.event_type)
+            return None
         after = evolve(before, stored)
         await save_state(conn, after)
         await self.on_event(conn, stored, before, after)
@@ -146,8 +157,10 @@ class CaseProjection:
         from `stored`, so running one twice appends nothing new."""
         return []
 
-    async def react(self, conn: asyncpg.Connection, stored: StoredEvent, state: CaseState) -> None:
-        if self.store is None:
+    async def react(
+        self, conn: asyncpg.Connection, stored: StoredEvent, state: CaseState | None
+    ) -> None:
+        if self.store is None or state is None:
             return
         known: CaseState | None = state
         for decide in self.reactions(stored, state):

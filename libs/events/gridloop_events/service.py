@@ -59,6 +59,8 @@ class ServiceSettings:
     # Which partitions this instance projects: None = all of them (one instance), or a share
     # such as GRIDLOOP_INSTANCE=1/3. Advisory locks make a second claimant a standby.
     partitions: list[int] | None = None
+    # How long a fetched batch may stay unacknowledged before the server redelivers it.
+    ack_wait: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +78,7 @@ class ServiceSettings:
             schema=_env(f"GRIDLOOP_{upper}_SCHEMA", default=service),
             ready_max_lag=int(_env("GRIDLOOP_READY_MAX_LAG", default="1000")),
             stream_replicas=int(_env("GRIDLOOP_STREAM_REPLICAS", default="1")),
+            ack_wait=float(_env("GRIDLOOP_RUNNER_ACK_WAIT_SECONDS", default="60")),
             partitions=parse_partitions(
                 _env(f"GRIDLOOP_{upper}_PARTITIONS", "GRIDLOOP_PARTITIONS"),
                 _env(f"GRIDLOOP_{upper}_INSTANCE", "GRIDLOOP_INSTANCE"),
@@ -173,7 +176,7 @@ class Runtime:
             if getattr(projection, "store", False) is None:
                 projection.store = self.store  # type: ignore[attr-defined]
             runner = ProjectionRunner(self.nc, self.pool, self.store, projection,
-                                      partitions=s.partitions)
+                                      partitions=s.partitions, ack_wait=s.ack_wait)
             await runner.start()
             self.runners.append(runner)
         for job in self.background:

@@ -47,7 +47,7 @@ log = get_logger(__name__)
 CaseId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 UnitCode = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000)]  # beyond int64 PostgreSQL fails: 500
 Rule = Callable[[Principal, CaseFacts], Verdict]
 
 

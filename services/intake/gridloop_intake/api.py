@@ -247,6 +247,8 @@ def build_api(service: IntakeService, auth: Authenticator, *,
             raw = json.loads(body, parse_constant=_no_constants)
         except (ValueError, UnicodeDecodeError):
             raise _refused("body", "is not valid JSON", 400) from None
+        except RecursionError:  # nesting deeper than the parser's stack: was a 500
+            raise _refused("body", "is nested too deeply", 400) from None
         correlation = correlation_id(request)
         try:
             cmd = parse_report(raw, request.headers.get("idempotency-key"))
@@ -292,7 +294,9 @@ def build_api(service: IntakeService, auth: Authenticator, *,
         query = scoped_query(service.district, principal, query)
         return page_json(await service.query_cases(query))
 
-    @router.get("/v1/grids", dependencies=[as_anyone])
+    # Documented as served: a contract naming only application/json misleads clients.
+    @router.get("/v1/grids", dependencies=[as_anyone], responses={
+        200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}})
     async def get_grids() -> JSONResponse:
         return JSONResponse(grids, media_type="application/geo+json")
 

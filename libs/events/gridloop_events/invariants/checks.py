@@ -86,7 +86,7 @@ def _log_checks(log: LogSnapshot, report: Report, options: CheckOptions) -> dict
             why = transition_error(state, e.event_type, p)
             if why is not None:
                 report.add("lifecycle.reachable", case_id, f"sequence {stored.sequence}: {why}")
-            if e.actor.kind is ActorKind.system:
+            if e.actor.kind is ActorKind.system and e.causation_id:
                 # A reaction or a timer: one cause, one effect of each kind.
                 report.checks["effects"] += 1
                 key = (e.event_type, e.causation_id or "", _effect_key(p))
@@ -147,15 +147,20 @@ def _stranded(log: LogSnapshot, states: dict[str, CaseState], escalation: ReadMo
     now = options.now or wall
     settle = timedelta(seconds=options.settle_seconds)
     tolerance = timedelta(seconds=options.late_tolerance_seconds)
+    jumped = abs((now - wall).total_seconds()) > options.jump_tolerance_seconds
     for case_id, state in states.items():
         if state.status is Status.done:
             continue
         last = log.cases[case_id][-1]
+        stored_at = {str(e.stored.envelope.event_id): e.stored_at for e in log.cases[case_id]}
         for deadline in state.deadlines.values():
             waited = (now - deadline.due_at).total_seconds()
-            if waited > 0:
+            if waited > 0 and not jumped:
                 report.max_lateness_seconds = max(report.max_lateness_seconds, waited)
-            if now - deadline.due_at > tolerance:
+            # Stuck: due for longer than the tolerance, and known to the system for as long
+            # (a deadline set after a clock jump is born overdue).
+            known = wall - stored_at.get(deadline.id.partition(":")[2], last.stored_at)
+            if now - deadline.due_at > tolerance and known > tolerance:
                 report.add("deadline.fired", case_id,
                            f"{deadline.id} due {deadline.due_at.isoformat()} has no "
                            f"DeadlineMissed after {waited:.0f}s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from datetime import datetime
 
@@ -30,11 +31,15 @@ async def run_check(
     feedback_url: str | None = None,
     escalation_url: str | None = None,
     options: CheckOptions | None = None,
+    http_headers: dict[str, str] | None = None,
 ) -> Report:
+    """`http_headers` go with the requests to the services (a bearer token, where needed)."""
+    started = time.monotonic()
     specs = specs if specs is not None else DEFAULT_SPECS
     options = options or CheckOptions()
     if options.now is None and escalation_url:
-        options = CheckOptions(**{**options.__dict__, "now": await _service_now(escalation_url)})
+        now = await _service_now(escalation_url, http_headers or {})
+        options = CheckOptions(**{**options.__dict__, "now": now})
     nc = await nats.connect(nats_url, name="gridloop-check", max_reconnect_attempts=3)
     conn = await asyncpg.connect(database_url)
     try:
@@ -43,12 +48,13 @@ async def run_check(
         served = None
         feedback = next((s for s in specs if s.service == "feedback"), None)
         if feedback_url and feedback is not None:
-            served = await _served_stats(conn, feedback, feedback_url)
+            served = await _served_stats(conn, feedback, feedback_url, http_headers or {})
         log = await read_log(nc, Subjects(prefix))
     finally:
         await conn.close()
         await nc.close()
     report = check(log, models, options, served)
+    report.seconds = round(time.monotonic() - started, 2)
     if feedback_url and served is None:
         report.notes.append("feedback /v1/stats kept moving under load: compared tables only")
     elif served is not None:
@@ -63,12 +69,13 @@ async def _checkpoint(conn: asyncpg.Connection, spec: ProjectionSpec) -> dict[in
 
 
 async def _served_stats(conn: asyncpg.Connection, spec: ProjectionSpec, url: str,
-                        attempts: int = 10,
+                        headers: dict[str, str], attempts: int = 10,
                         ) -> tuple[dict[int | None, int], dict[str, tuple[int, int]]] | None:
     """/v1/stats read between two equal checkpoints, so it describes that checkpoint."""
     for _ in range(attempts):
         before = await _checkpoint(conn, spec)
-        body = await asyncio.to_thread(_get_json, f"{url.rstrip('/')}/v1/stats?group_by=district")
+        body = await asyncio.to_thread(_get_json, f"{url.rstrip('/')}/v1/stats?group_by=district",
+                                       headers)
         if await _checkpoint(conn, spec) == before:
             total = body["total"]
             return before, {n: (int(total[n]["numerator"]), int(total[n]["denominator"]))
@@ -77,15 +84,15 @@ async def _served_stats(conn: asyncpg.Connection, spec: ProjectionSpec, url: str
     return None
 
 
-async def _service_now(url: str) -> datetime | None:
+async def _service_now(url: str, headers: dict[str, str]) -> datetime | None:
     try:
-        body = await asyncio.to_thread(_get_json, f"{url.rstrip('/')}/v1/admin/clock")
+        body = await asyncio.to_thread(_get_json, f"{url.rstrip('/')}/v1/admin/clock", headers)
     except OSError:
         return None  # no test clock mounted: the service runs on the wall clock
     return datetime.fromisoformat(body["now"])
 
 
-def _get_json(url: str) -> dict:  # type: ignore[type-arg]
+def _get_json(url: str, headers: dict[str, str]) -> dict:  # type: ignore[type-arg]
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=10) as resp:
+    with opener.open(urllib.request.Request(url, headers=headers), timeout=10) as resp:
         return json.loads(resp.read())

@@ -30,6 +30,7 @@ class Report:
     missed_under_clock_jump: int = 0
     max_lateness_seconds: float = 0.0  # longest a due deadline waited for its DeadlineMissed
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # how long reading and checking took
     case_ids: set[str] = field(default_factory=set)  # every case in the log (not serialised)
 
     @property
@@ -53,7 +54,8 @@ class Report:
     def render(self, max_violations: int = 50) -> str:
         lines = [
             f"log: {self.messages} messages up to sequence {self.tip}, {self.events} events, "
-            f"{self.copies} repeated event ids, {self.cases} cases",
+            f"{self.copies} repeated event ids, {self.cases} cases (checked in "
+            f"{self.seconds:.1f}s)",
             "cases by status: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())),
         ]
         for schema, p in sorted(self.projections.items()):

@@ -16,6 +16,7 @@ from gridloop_events.vocabulary import Channel
 from .views import CaseView
 
 MAX_LIMIT = 200
+MAX_OFFSET = 1_000_000
 DEFAULT_LIMIT = 50
 QUERY_FIELDS = frozenset({"status", "category", "grid", "community", "street", "unit", "channel",
                           "reported_from", "reported_to", "overdue", "limit", "offset", "cursor"})
@@ -67,8 +68,8 @@ class CaseQuery:
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_LIMIT:
             raise DomainError(f"must be between 1 and {MAX_LIMIT}", 422, "limit")
-        if self.offset < 0:
-            raise DomainError("must not be negative", 422, "offset")
+        if not 0 <= self.offset <= MAX_OFFSET:  # past int64 PostgreSQL failed: a 500
+            raise DomainError(f"must be between 0 and {MAX_OFFSET}", 422, "offset")
         if self.overdue is not None and self.now is None:
             raise ValueError("an overdue filter needs `now`")
 
@@ -87,6 +88,8 @@ def _one(params: Mapping[str, str], name: str) -> str | None:
     if value is None:
         return None
     value = value.strip()
+    if not value.isprintable():  # a NUL reached PostgreSQL as text and failed there: a 500
+        raise DomainError("must not hold control characters", 422, name)
     return value or None
 
 

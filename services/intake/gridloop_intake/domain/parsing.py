@@ -36,6 +36,10 @@ def _text(data: Mapping[str, Any], key: str, field: str, *, required: bool = Fal
         return None
     if not isinstance(value, str):
         raise ReportRejected(field, "must be a string")
+    if any(not ch.isprintable() and ch not in "\t\r\n" for ch in value):
+        # A NUL was recorded, then no projection could store it (PostgreSQL text): refuse it
+        # before it reaches the log, and the other control characters with it.
+        raise ReportRejected(field, "must not hold control characters")
     return value
 
 
@@ -86,7 +90,11 @@ def parse_report(raw: Any, idempotency_key: str | None = None) -> ReportCase:
         for i, item in enumerate(raw_attachments):
             field = f"attachments[{i}]"
             entry = _object(item, field, ATTACHMENT_FIELDS)
-            _text(entry, "uri", f"{field}.uri", required=True)
+            uri = _text(entry, "uri", f"{field}.uri", required=True) or ""
+            if any(ch.isspace() or not ch.isprintable() for ch in uri):
+                # No URI holds these; a CR/LF would split a header wherever the URI is echoed.
+                raise ReportRejected(f"{field}.uri", "must not hold whitespace or control "
+                                                     "characters")
             _text(entry, "media_type", f"{field}.media_type")
             sha = _text(entry, "sha256", f"{field}.sha256")
             entry = {**entry, "sha256": sha.lower() if sha else None}

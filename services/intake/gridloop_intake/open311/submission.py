@@ -35,6 +35,9 @@ def _field(form: Mapping[str, str], name: str) -> str | None:
         return None
     if not isinstance(value, str):  # a multipart file part where text belongs
         raise bad_request(f"{name} must be a text field")
+    if any(not ch.isprintable() and ch not in "\t\r\n" for ch in value):
+        # As the native API: a NUL in a recorded event is one no projection can store.
+        raise bad_request(f"{name} must not hold control characters")
     value = value.strip()
     return value or None
 

@@ -1,0 +1,171 @@
+"""A whole Gridloop on servers of its own: nats-server, PostgreSQL and the four services, each a
+real process the faults may SIGKILL, SIGSTOP or restart."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gridloop_district import default_district
+from gridloop_events.servers import LocalNats, LocalPostgres, find_free_port
+
+try:  # services that check bearer tokens get them from a key of the run's own
+    from gridloop_events.auth_keys import Issuer, SigningKey
+except ImportError:  # a version of the services without authentication
+    Issuer = SigningKey = None  # type: ignore[assignment,misc]
+
+SERVICES = ("intake", "dispatch", "escalation", "feedback")
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    nats: LocalNats = field(init=False)
+    postgres: LocalPostgres = field(init=False)
+    database_url: str = ""
+    prefix: str = "gridloop"
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nats = LocalNats(self.workdir / "nats")
+        self.postgres = LocalPostgres()
+        self.issuer = Issuer(SigningKey.generate("faults-1")) if Issuer is not None else None
+        # Intake seals residents' contacts: a throwaway master key unless one is configured.
+        self.master_keys = {
+            "GRIDLOOP_MASTER_KEYS": os.environ.get("GRIDLOOP_MASTER_KEYS") or json.dumps(
+                {"faults-1": base64.b64encode(os.urandom(32)).decode()}),
+            "GRIDLOOP_MASTER_KEY_ID": os.environ.get("GRIDLOOP_MASTER_KEY_ID") or "faults-1",
+        }
+
+    def token(self, role: str, scope: str, sub: str) -> str | None:
+        return self.issuer.token(role, scope, sub=sub) if self.issuer is not None else None
+
+    def headers(self, role: str, scope: str, sub: str) -> dict[str, str]:
+        """A bearer token for `role` over `scope` (a district or unit code), if tokens exist."""
+        if self.issuer is None:
+            return {}
+        return self.issuer.headers(role, scope, sub=sub)
+
+    # --- servers -------------------------------------------------------------------------------
+
+    def start_servers(self) -> None:
+        self.nats.start()
+        self.postgres.start()
+        self.new_system()
+
+    def new_system(self) -> None:
+        """A fresh database and stream prefix: the next services start from nothing."""
+        token = uuid.uuid4().hex[:10]
+        self.database_url = self.postgres.create_database(f"gridloop_{token}")
+        self.prefix = f"f_{token}"
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "GRIDLOOP_NATS_URL": self.nats_url,
+            "GRIDLOOP_DATABASE_URL": self.database_url,
+            "GRIDLOOP_SUBJECT_PREFIX": self.prefix,
+            "GRIDLOOP_TEST_CLOCK": "1",
+            "GRIDLOOP_ENV": "production",
+            **self.master_keys,
+            **{f"GRIDLOOP_{s.upper()}_PORT": str(p) for s, p in self.ports.items()},
+            **({"GRIDLOOP_AUTH": "required",
+                "GRIDLOOP_JWT_PUBLIC_KEYS": self.issuer.trusted_keys_json()}
+               if self.issuer is not None else {}),
+            **self.extra_env,
+        }
+
+    def supervisor(self) -> dict[str, str]:
+        return self.headers("supervisor", default_district().code, "faults-supervisor")
+
+    # --- services ------------------------------------------------------------------------------
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def start_services(self, timeout: float = 60.0) -> None:
+        for service in SERVICES:
+            self.ports.setdefault(service, find_free_port())
+        for service in SERVICES:
+            self.spawn(service)
+        for service in SERVICES:
+            self.wait_ready(service, timeout)
+
+    def spawn(self, service: str) -> None:
+        log = open(self.workdir / f"{service}.log", "ab")
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", f"gridloop_{service}"], env=self.env(), stdout=log,
+            stderr=subprocess.STDOUT)
+        log.close()
+
+    def ready(self, service: str) -> bool:
+        try:
+            return httpx.get(f"{self.url(service)}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, service: str, timeout: float = 60.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            proc = self.procs.get(service)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{service} exited {proc.returncode}: {self.log_tail(service)}")
+            if self.ready(service):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise RuntimeError(f"{service} not ready after {timeout}s: {self.log_tail(service)}")
+
+    def wait_all_ready(self, timeout: float = 90.0) -> float:
+        started = time.monotonic()
+        for service in SERVICES:
+            self.wait_ready(service, max(1.0, timeout - (time.monotonic() - started)))
+        return time.monotonic() - started
+
+    def kill(self, service: str) -> None:
+        proc = self.procs.pop(service)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_services(self) -> None:
+        for service, proc in list(self.procs.items()):
+            proc.send_signal(signal.SIGTERM)
+        for service, proc in list(self.procs.items()):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            del self.procs[service]
+
+    def log_tail(self, service: str, lines: int = 30) -> str:
+        path = self.workdir / f"{service}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.stop_services()
+        if self.nats.running:
+            try:
+                self.nats.resume()
+            except Exception:  # noqa: BLE001 - it may be gone already
+                pass
+        self.nats.stop()
+        self.postgres.stop()
