@@ -41,6 +41,9 @@ schemas: install  ## regenerate the checked-in JSON Schemas after changing an ev
 	$(BIN)/python -m gridloop_events.public_view --schemas docs/schemas/public
 	$(BIN)/python -m gridloop_events.asyncapi docs/asyncapi.json
 
+bench: install  ## side-by-side measurements (QUICK=1: the short run); results in bench/results/
+	$(BIN)/python -m bench $(if $(QUICK),--quick)
+
 soak: install  ## random faults under load for DURATION s, the invariant checker every minute; report in soak/reports/
 	$(BIN)/python soak/run.py $(if $(DURATION),--duration $(DURATION)) $(if $(RATE),--rate $(RATE)) $(if $(FAULTS),--faults $(FAULTS))
 
