@@ -359,7 +359,7 @@ async def run(p: Profile, phases: list[str], profile: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="the short run (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="the short run (15-25 minutes on two cores)")
     parser.add_argument("--no-caps", action="store_true",
                         help="full sizes without time caps (replay all 1M events, memory to "
                              "100k cases): hours on a two-core machine")
