@@ -209,9 +209,9 @@ class Load:
         if status == "triage":
             grid = view.get("grid_code") or self.district.grids[0].code
             office = self.district.street_office(self.district.street_of(grid).code).code
-            await self._post(f"{dispatch}/dispatch", {"unit_code": office, "reason": "人工派单",
-                                                      "dispatcher": "dispatcher-1"}, "dispatch",
-                             self._operator)
+            # The dispatcher is the token's subject: a body naming someone else is refused.
+            await self._post(f"{dispatch}/dispatch", {"unit_code": office, "reason": "人工派单"},
+                             "dispatch", self._operator)
         elif status == "dispatched" and view.get("unit_code"):
             unit = view["unit_code"]
             await self._post(f"{dispatch}/accept", {"unit_code": unit, "handler_id": handler},

@@ -86,7 +86,7 @@ def state_from_json(raw: str | dict[str, Any]) -> CaseState:
                 )
                 for k, d in value.items()
             }
-        elif f.name in ("missed", "warned"):
+        elif f.name in ("missed", "warned", "event_ids"):
             kwargs[f.name] = frozenset(value)
         elif f.name in _ENUMS:
             kwargs[f.name] = _ENUMS[f.name](value)
@@ -133,11 +133,10 @@ class CaseProjection:
 
     async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> CaseState | None:
         before = await load_state(conn, stored.envelope.case_id)
-        if before.events > 0 and stored.envelope.prev_hash != before.last_hash:
-            # Not the next link of this case's chain: a copy of an event already applied (bytes
-            # republished under a new message id) or one out of place. Applying it would move
-            # the case backwards; the audit names it, the projection leaves it alone.
-            log.warning("projection.off_chain", case_id=before.case_id,
+        if str(stored.envelope.event_id) in before.event_ids:
+            # A copy of an event already applied (its bytes republished under another message
+            # id): applying it again would move the case backwards. The audit names the copy.
+            log.warning("projection.duplicate_event", case_id=before.case_id,
                         sequence=stored.sequence, event_id=str(stored.envelope.event_id),
                         event_type=stored.envelope.event_type)
             return None

@@ -89,6 +89,9 @@ class CaseState:
     unsatisfied_count: int = 0
     last_event_at: datetime | None = None
     last_hash: str | None = None
+    # Every event folded in: a copy of one (its bytes republished under another message id)
+    # is recognised and not applied twice.
+    event_ids: frozenset[str] = frozenset()
 
     @property
     def is_open(self) -> bool:
@@ -114,6 +117,7 @@ def evolve(state: CaseState, stored: StoredEvent) -> CaseState:
         events=state.events + 1,
         last_event_at=e.occurred_at,
         last_hash=stored.content_hash or state.last_hash,
+        event_ids=state.event_ids | {str(e.event_id)},
     )
     match p:
         case CaseReported():

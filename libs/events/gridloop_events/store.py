@@ -50,6 +50,12 @@ def _differs(current: jsapi.StreamConfig, wanted: jsapi.StreamConfig) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class AppendResult:
+    version: int
+    duplicate: bool = False
+
+
 class RawEvent(NamedTuple):
     sequence: int
     subject: str
@@ -160,6 +166,19 @@ class EventStore:
         *,
         prev_hash: str | None = None,
     ) -> int:
+        return (await self.append_once(case_id, events, expected_version,
+                                       prev_hash=prev_hash)).version
+
+    async def append_once(
+        self,
+        case_id: str,
+        events: Sequence[Envelope],
+        expected_version: int | None,
+        *,
+        prev_hash: str | None = None,
+    ) -> AppendResult:
+        """`append`, also telling whether these very events were already stored (a retry or a
+        concurrent twin): then this call added nothing."""
         """Append events to one case; returns the case's new version.
 
         `expected_version=None` skips the check (only for events whose order does not matter).
@@ -177,14 +196,14 @@ class EventStore:
         try:
             if len(events) == 1:
                 return await self._publish_one(case_id, events[0], expected_version)
-            return await self._publish_batch(case_id, events, expected_version)
+            return AppendResult(await self._publish_batch(case_id, events, expected_version))
         except ConcurrencyError:
             # The server checks the guard before Nats-Msg-Id dedup, so a retry of a write that
             # did land shows up as a conflict. Recognise our own events and report success.
             stored = await self._already_stored(case_id, events, expected_version or 0)
             if stored is None:
                 raise
-            return stored
+            return AppendResult(stored, duplicate=True)
 
     async def _hash_at(self, case_id: str, version: int | None) -> str | None:
         history = await self.read(case_id)
@@ -212,7 +231,9 @@ class EventStore:
             "Nats-Expected-Last-Subject-Sequence-Subject": self.subjects.case(case_id),
         }
 
-    async def _publish_one(self, case_id: str, event: Envelope, expected: int | None) -> int:
+    async def _publish_one(
+        self, case_id: str, event: Envelope, expected: int | None
+    ) -> AppendResult:
         subject = self.subjects.event(event.district, case_id, event.event_type)
         data = encode(event)
         headers = {
@@ -223,7 +244,7 @@ class EventStore:
         for attempt in range(3):
             try:
                 ack = await self.js.publish(subject, data, headers=headers)
-                return ack.seq
+                return AppendResult(ack.seq, duplicate=bool(ack.duplicate))
             except APIError as exc:
                 raise self._translate(case_id, expected, exc) from exc
             except NatsTimeout:

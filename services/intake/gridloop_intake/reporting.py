@@ -104,12 +104,17 @@ class IntakeService:
         try:
             # A lost acknowledgement retried with the same body is recognised by the store
             # (same event id); a concurrent different body under the same key conflicts.
-            await self.store.append(ids.case_id, [envelope], expected_version=0)
+            appended = await self.store.append_once(ids.case_id, [envelope], expected_version=0)
         except ConcurrencyError:
             existing = await self._first_event(ids.case_id)
             if existing is None:
                 raise
             return self._retried(existing, sealed, ids, correlation_id)
+        if appended.duplicate:
+            # A concurrent twin of this request stored it first: this one created nothing.
+            existing = await self._first_event(ids.case_id)
+            if existing is not None:
+                return self._retried(existing, sealed, ids, correlation_id)
         return self._recorded(envelope)
 
     async def _sealed(self, case_id: str, payload: CaseReported,
