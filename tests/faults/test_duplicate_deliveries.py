@@ -12,12 +12,31 @@ import asyncpg
 import nats
 import nats.js.api as jsapi
 
-from faultkit import scenario
+from faultkit import faults, scenario
 from gridloop_events.invariants import ProjectionSpec, run_check
 from gridloop_events.runner import ProjectionRunner
 from gridloop_events.store import EventStore
 from gridloop_events.subjects import Subjects
 from gridloop_intake.projection import IntakeProjection
+
+
+async def test_republished_copies_are_applied_once_and_cause_nothing(cluster) -> None:
+    """Copies of stored events' bytes under fresh message ids, three times during the load:
+    the stream holds them as new messages; no projection applies an event id twice and no
+    service acts on a copy."""
+    rng = random.Random(5)
+
+    async def inject(load, log) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(3):
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            await faults.republish(cluster, log, rng, 8)
+
+    outcome = await scenario.run(cluster, inject, rate=2.0, seed=5, drain_timeout=45.0)
+    print(outcome.report.render())
+    assert outcome.report.copies >= 20  # the copies are in the stream, as new messages
+    assert outcome.report.ok, outcome.report.render()
+    assert outcome.lost == [] and outcome.not_done == []
+    assert outcome.report.statuses == {"done": len(outcome.load.stats.done)}
 
 
 async def test_runner_applies_each_event_once_when_deliveries_repeat_and_arrive_late(

@@ -135,10 +135,12 @@ class CaseProjection:
         before = await load_state(conn, stored.envelope.case_id)
         if str(stored.envelope.event_id) in before.event_ids:
             # A copy of an event already applied (its bytes republished under another message
-            # id): applying it again would move the case backwards. The audit names the copy.
+            # id): nothing for the read model nor for reactions; the fold only moves the
+            # version on. The audit names the copy.
             log.warning("projection.duplicate_event", case_id=before.case_id,
                         sequence=stored.sequence, event_id=str(stored.envelope.event_id),
                         event_type=stored.envelope.event_type)
+            await save_state(conn, evolve(before, stored))
             return None
         after = evolve(before, stored)
         await save_state(conn, after)

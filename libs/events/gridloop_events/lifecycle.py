@@ -109,6 +109,11 @@ def evolve(state: CaseState, stored: StoredEvent) -> CaseState:
     e = stored.envelope
     p = e.payload
     eid = str(e.event_id)
+    if eid in state.event_ids:
+        # A copy of an event already folded (its bytes published again under another message
+        # id): it means nothing new, but it is the case subject's latest message, so the
+        # version — what the store's concurrency guard compares — moves on.
+        return replace(state, version=max(state.version, stored.sequence))
     s = replace(
         state,
         case_id=e.case_id,
