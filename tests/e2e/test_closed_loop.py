@@ -7,6 +7,7 @@ and every projection and /v1/stats says exactly that.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -156,11 +157,54 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
     assert total["report_in"]["numerator"] == 1 and total["report_in"]["denominator"] == 1
 
     client.close()
-    # Nothing of the resident's personal data reached a log line.
+    # Nothing of the resident's personal data reached a log line, a metric, a dead-letter
+    # record, a read model or the public view.
     logs = system.logs()
     assert case_id in logs  # the logs do carry the case id
+    metrics = "".join(httpx.get(f"{system.url(s)}/metrics", timeout=10).text
+                      for s in ("intake", "dispatch", "escalation", "feedback"))
+    stored = asyncio.run(_everything_stored(system.env))
+    assert case_id in stored  # the scan did read the read models
     for secret in RESIDENT.values():
         assert secret not in logs
+        assert secret not in metrics
+        assert secret not in stored
+
+
+async def _everything_stored(env: dict[str, str]) -> str:
+    """Every row of every table of the four services' schemas (dead letters included), and
+    every message of the public view, as one text to search."""
+    import asyncpg
+    import nats
+
+    from gridloop_events.subjects import Subjects
+
+    conn = await asyncpg.connect(env["GRIDLOOP_DATABASE_URL"])
+    parts: list[str] = []
+    try:
+        tables = await conn.fetch(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('intake', 'dispatch', 'escalation', 'feedback')")
+        for t in tables:
+            rows = await conn.fetch(
+                f'SELECT t::text AS r FROM "{t["table_schema"]}"."{t["table_name"]}" t')
+            parts.extend(r["r"] for r in rows)
+    finally:
+        await conn.close()
+    nc = await nats.connect(env["GRIDLOOP_NATS_URL"])
+    try:
+        js = nc.jetstream()
+        public = Subjects(env["GRIDLOOP_SUBJECT_PREFIX"]).stream_name.replace("_CASES", "_PUBLIC")
+        try:
+            last = (await js.stream_info(public)).state.last_seq
+        except nats.js.errors.NotFoundError:
+            last = 0
+        for seq in range(1, last + 1):
+            msg = await js.get_msg(public, seq)
+            parts.append(msg.data.decode())
+    finally:
+        await nc.close()
+    return "\n".join(parts)
 
 
 def _items(body: Any) -> list[dict[str, Any]]:
