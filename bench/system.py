@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import httpx
 import nats
 import psutil
 
 from gridloop_events.servers import (
     LocalNats,
+    wait_service_ready,
     LocalPostgres,
     acreate_database,
     database_url_for,
@@ -188,18 +188,8 @@ class ServiceGroup:
             self.wait_ready(name, timeout)
 
     def wait_ready(self, service: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        proc = self.procs[service]
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{service} exited:\n{self.log_tail(service)}")
-            try:
-                if httpx.get(f"{self.url(service)}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{service} not ready after {timeout:.0f}s:\n{self.log_tail(service)}")
+        wait_service_ready(self.url(service), self.procs[service], service, timeout,
+                           lambda: self.log_tail(service))
 
     def pid(self, service: str) -> int:
         return self.procs[service].pid

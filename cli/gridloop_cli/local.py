@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import asyncpg
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gridloop_events.auth_keys import ENV_KEY_DIR, KeyFolder
 from gridloop_events.crypto import dev_master_key_env
-from gridloop_events.servers import provide_servers
+from gridloop_events.servers import provide_servers, wait_service_ready
 from gridloop_events.service import DEFAULT_PORTS
 
 console = Console()
@@ -39,20 +38,6 @@ def _ensure_database(admin_url: str, name: str) -> str:
     asyncio.run(create())
     base, _, _ = admin_url.rpartition("/")
     return f"{base}/{name}"
-
-
-def _wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready on port {port} after {timeout:.0f}s")
 
 
 def _gateway_module():  # type: ignore[no-untyped-def]
@@ -118,7 +103,7 @@ def up(
             ports = {name: int(os.environ.get(f"GRIDLOOP_{name.upper()}_PORT",
                                               DEFAULT_PORTS[name])) for name in SERVICES}
             for name in SERVICES:
-                _wait_ready(name, ports[name], procs[name], timeout=90)
+                wait_service_ready(f"http://127.0.0.1:{ports[name]}", procs[name], name, 90)
             gateway = _gateway_module()
             if gateway is not None and gateway.nginx_binary():
                 procs_gateway = gateway.start_gateway(data_dir / "gateway", ports, gateway_port)

@@ -6,16 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gridloop_events.auth_keys import Issuer, SigningKey
-from gridloop_events.servers import find_free_port
+from gridloop_events.servers import find_free_port, wait_service_ready
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
 
@@ -45,18 +43,8 @@ class System:
         self.wait_ready(service, timeout)
 
     def wait_ready(self, service: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        proc = self.procs[service]
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{service} exited: {self.log_tail(service)}")
-            try:
-                if httpx.get(f"{self.url(service)}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{service} not ready: {self.log_tail(service)}")
+        wait_service_ready(self.url(service), self.procs[service], service, timeout,
+                           lambda: self.log_tail(service))
 
     def kill(self, service: str) -> None:
         proc = self.procs.pop(service)

@@ -27,7 +27,7 @@ import pytest
 from gridloop_district import default_district
 from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.servers import create_database, drop_database, find_free_port
-from gridloop_events.servers import nats_server_binary
+from gridloop_events.servers import nats_server_binary, wait_service_ready
 from gridloop_events.store import EventStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -76,17 +76,8 @@ class Stack:
 
 
 def _wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} not ready:\n{log.read_text(errors='replace')[-4000:]}")
+    wait_service_ready(f"http://127.0.0.1:{port}", proc, name, 60,
+                       lambda: log.read_text(errors="replace")[-4000:])
 
 
 @pytest.fixture(scope="module")

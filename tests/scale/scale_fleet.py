@@ -5,13 +5,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from gridloop_events.auth_keys import Issuer, SigningKey
-from gridloop_events.servers import find_free_port
+from gridloop_events.servers import find_free_port, wait_service_ready
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
 INSTANCES = 2
@@ -51,18 +49,8 @@ class Fleet:
                 stderr=subprocess.STDOUT)
 
     def wait_ready(self, service: str, index: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        proc = self.procs[(service, index)]
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{service}-{index} exited: {self.log_tail(service, index)}")
-            try:
-                if httpx.get(f"{self.url(service, index)}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{service}-{index} not ready: {self.log_tail(service, index)}")
+        wait_service_ready(self.url(service, index), self.procs[(service, index)],
+                           f"{service}-{index}", timeout, lambda: self.log_tail(service, index))
 
     def kill(self, service: str, index: int) -> None:
         proc = self.procs.pop((service, index))

@@ -1157,3 +1157,22 @@ def provide_servers(
                 stack.enter_context(pg)
                 servers.postgres, servers.database_url = pg, pg.url
         yield servers
+
+
+def wait_service_ready(
+    base_url: str,
+    proc: subprocess.Popen[Any],
+    name: str,
+    timeout: float = 60.0,
+    log_tail: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until a service process answers 200 on `/readyz`; fail early, with its log's tail,
+    if it exits first. One loop for `gridloop up`, the test fixtures and the benchmark."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"{name} exited with status {proc.returncode}:\n{log_tail()}")
+        if _http_status(f"{base_url}/readyz") == 200:
+            return
+        time.sleep(0.1)
+    raise ServerError(f"{name} not ready after {timeout:.0f}s:\n{log_tail()}")
