@@ -26,14 +26,14 @@ import psutil
 import gridloop_events
 from gridloop_events.subjects import Subjects
 
-from . import ceilings, deadlines, loop, memory, replay
+from . import ceilings, deadlines, loop, memory, replay, scale
 from . import peer as peer_mod
 from .probes import CheckpointPoller, CpuWatch, _jiffies_busy
 from .report import markdown, targets
 from .system import BENCH_DIR, DATA_DIR, REPO, SERVICES, Servers, ServiceGroup, delete_streams
 
 RESULTS = BENCH_DIR / "results"
-PHASES = ("ceilings", "peer", "loop", "deadlines", "replay", "memory")
+PHASES = ("ceilings", "peer", "loop", "scale", "deadlines", "replay", "memory")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class Profile:
     drain_limit: int | None  # drain at most this many events of the replay stream
     memory_marks: tuple[int, int]
     memory_budget: float | None  # seconds
+    scale_instances: tuple[int, ...]  # one row per fleet size, each against the same load
+    scale_users: int
+    scale_seconds: float
+    scale_rate: float | None  # a fixed-rate window before max throughput (None: none)
+    scale_rate_seconds: float
 
 
 QUICK = Profile(
@@ -67,7 +72,8 @@ QUICK = Profile(
     rates=(10, 100), rate_seconds=15, max_users=128, max_seconds=15,
     open_timers=10_000, probes=200, probe_spread=15, idle_seconds=10,
     replay_events=50_000, replay_cap=None, drain_limit=None, memory_marks=(1_000, 5_000),
-    memory_budget=None,
+    memory_budget=None, scale_instances=(1, 2), scale_users=48, scale_seconds=15,
+    scale_rate=8, scale_rate_seconds=10,
 )
 FULL = Profile(
     name="full", publish_awaited=3_000, publish_events=30_000, concurrent_writers=64,
@@ -77,6 +83,8 @@ FULL = Profile(
     # Caps keep the run near 30 minutes on a two-core machine: --no-caps lifts them.
     replay_events=1_000_000, replay_cap=60_000, drain_limit=200_000,
     memory_marks=(10_000, 100_000), memory_budget=300,
+    scale_instances=(1, 2), scale_users=96, scale_seconds=30, scale_rate=10,
+    scale_rate_seconds=30,
 )
 
 
@@ -205,7 +213,8 @@ async def phase_loop(s: Servers, p: Profile, run_id: str, profile_stem: str | No
                                          tuple(SERVICES))
                 windows.append(w.summary())
                 say(_line(windows[-1]))
-                await _settle(watch, poller)
+                if not await loop.settle(watch, poller, SERVICES):
+                    say("loop: projections still behind after 300s; going on")
                 if rate >= 100 and windows[-1]["completed_cases_per_s"] < 0.5 * rate:
                     rest = [r for r in p.rates if r > rate]
                     if rest:
@@ -251,22 +260,10 @@ def _line(w: dict[str, Any]) -> str:
             f" ms; CPU {w['cpu_percent']}")
 
 
-async def _settle(watch: loop.StreamWatch, poller: CheckpointPoller, timeout: float = 300) -> None:
-    """Let the system work off a backlog before the next load step starts: every projection
-    covers the last event, and no new event (a late reaction) came for a second."""
-    started = time.monotonic()
-    if not watch.events:
-        return
-    while time.monotonic() - started < timeout:
-        if watch.events:
-            last = watch.events[-1]
-            now = time.time()
-            quiet = now - last.stored_at > 1.0
-            if quiet and all(poller.visible_at(n, last.sequence, last.partition, now - 1)
-                             for n in SERVICES):
-                return
-        await asyncio.sleep(0.5)
-    say(f"loop: projections still behind after {timeout:.0f}s; going on")
+async def phase_scale(s: Servers, p: Profile, run_id: str) -> dict[str, Any]:
+    return await scale.run(s, run_id, DATA_DIR / "logs" / run_id / "scale", p.scale_instances,
+                           users=p.scale_users, seconds=p.scale_seconds, rate=p.scale_rate,
+                           rate_seconds=p.scale_rate_seconds, log=say)
 
 
 async def phase_deadlines(s: Servers, p: Profile, run_id: str) -> dict[str, Any]:
@@ -336,6 +333,7 @@ async def run(p: Profile, phases: list[str], profile: bool) -> dict[str, Any]:
             "ceilings": lambda: phase_ceilings(s, p, run_id),
             "peer": lambda: phase_peer(s, p, run_id),
             "loop": lambda: phase_loop(s, p, run_id, stem),
+            "scale": lambda: phase_scale(s, p, run_id),
             "deadlines": lambda: phase_deadlines(s, p, run_id),
             "replay": lambda: phase_replay(s, p, run_id),
             "memory": lambda: phase_memory(s, p, run_id),

@@ -18,9 +18,11 @@ Open loop: cases start at fixed times whatever happens to earlier ones. Max-thro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,23 +128,39 @@ class CaseResult:
 
 @dataclass
 class LoopClient:
-    urls: dict[str, str]
+    """The five requests of a case. A service given several URLs (its instances) gets them in
+    turn, request by request, as a round-robin gateway would: any instance may serve any case."""
+
+    urls: dict[str, str | list[str]]
     watch: StreamWatch
     rng: random.Random = field(default_factory=lambda: random.Random(11))
+    served: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.pools = {}
-        for name, url in self.urls.items():
-            parts = urlsplit(url)
-            self.pools[name] = HttpPool(parts.hostname or "127.0.0.1", parts.port or 80, size=256)
+        self.pools: dict[str, list[tuple[str, HttpPool]]] = {}
+        self._turn: dict[str, itertools.cycle[tuple[str, HttpPool]]] = {}
+        for name, urls in self.urls.items():
+            pools = []
+            for url in [urls] if isinstance(urls, str) else urls:
+                parts = urlsplit(url)
+                pools.append((url, HttpPool(parts.hostname or "127.0.0.1", parts.port or 80,
+                                            size=256)))
+            self.pools[name] = pools
+            self._turn[name] = itertools.cycle(pools)
         district = default_district()
         self.grids = [g.code for g in district.grids]
         self.categories = [c.code for c in district.catalogue.items if c.kind.value == "general"]
         self.district = district.code
 
     async def close(self) -> None:
-        for pool in self.pools.values():
-            await pool.close()
+        for pools in self.pools.values():
+            for _, pool in pools:
+                await pool.close()
+
+    def pool(self, service: str) -> HttpPool:
+        url, pool = next(self._turn[service])
+        self.served[url] += 1
+        return pool
 
     async def one_case(self, result: CaseResult) -> None:
         rng = self.rng
@@ -155,7 +173,7 @@ class LoopClient:
             "reporter": {"name": "模拟居民", "phone": f"1380000{rng.randrange(10000):04d}"},
         }
         # A hotline operator takes the report (a dispatcher over the whole district).
-        r = await self.pools["intake"].request(
+        r = await self.pool("intake").request(
             "POST", "/v1/cases", body, CREDENTIALS.headers("dispatcher", self.district,
                                                             "op-hotline"))
         if r.status != 201:
@@ -167,18 +185,17 @@ class LoopClient:
             result.dispatched_latency = dispatched_at - result.started
             handler = f"gw-{unit}"
             auth = CREDENTIALS.headers("unit_handler", unit, handler)
-            dispatch = self.pools["dispatch"]
-            r = await dispatch.request("POST", f"/v1/cases/{case_id}/accept",
+            r = await self.pool("dispatch").request("POST", f"/v1/cases/{case_id}/accept",
                                        {"unit_code": unit, "handler_id": handler}, auth)
             if r.status != 200:
                 raise RuntimeError(f"accept {r.status} {r.body[:200]!r}")
-            r = await dispatch.request("POST", f"/v1/cases/{case_id}/close",
+            r = await self.pool("dispatch").request("POST", f"/v1/cases/{case_id}/close",
                                        {"outcome": "resolved", "resolution": "已现场处理",
                                         "closed_by": handler}, auth)
             if r.status != 200:
                 raise RuntimeError(f"close {r.status} {r.body[:200]!r}")
             await asyncio.wait_for(waits.scheduled, WAIT)
-            r = await self.pools["feedback"].request(
+            r = await self.pool("feedback").request(
                 "POST", f"/v1/cases/{case_id}/callback",
                 {"rating": "satisfied", "handled_lawfully": True, "measures_carried_out": True,
                  "party_accepts": True, "method": "phone", "comment": "回访",
@@ -321,6 +338,25 @@ async def _drain(tasks: list[asyncio.Task[None]], timeout: float) -> None:
             t.cancel()
         if still:
             await asyncio.wait(still)
+
+
+async def settle(watch: StreamWatch, poller: CheckpointPoller, projections: tuple[str, ...],
+                 timeout: float = 300) -> bool:
+    """Let the system work off a backlog before the next load step starts: every projection
+    covers the last event, and no new event (a late reaction) came for a second. False if it
+    did not within `timeout`."""
+    started = time.monotonic()
+    if not watch.events:
+        return True
+    while time.monotonic() - started < timeout:
+        last = watch.events[-1]
+        now = time.time()
+        quiet = now - last.stored_at > 1.0
+        if quiet and all(poller.visible_at(n, last.sequence, last.partition, now - 1)
+                         for n in projections):
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 async def run_cases(client: LoopClient, count: int, concurrency: int,

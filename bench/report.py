@@ -119,6 +119,63 @@ def _ms(d: dict[str, Any] | None, key: str) -> str:
     return f"{d[key]:,.0f}"
 
 
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"×{v:.2f}"
+
+
+def _scale_lines(sc: dict[str, Any]) -> list[str]:
+    rows = sc.get("rows") or []
+    if not rows:
+        return []
+    lines = ["", "## Scale-out: 1 vs 2 instances of each service (GRIDLOOP_INSTANCE=i/n)", "",
+             f"Same load per row, rows one after the other on a fresh stream and database; "
+             f"HTTP requests round-robin over a service's instances; {sc.get('cpus')} CPUs.", "",
+             "| instances | load | cases done/s | events/s | failed | report→dispatched "
+             "p50/p99 ms | CPU % (intake, dispatch, escalation, feedback, nats, pg, loader, "
+             "others) | system CPU % | CPU ms/case | machine busy % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for w in row.get("windows", []):
+            d = w["report_to_dispatched_ms"]
+            cpu = w["cpu_by_service"]
+            cpu_s = ", ".join(str(cpu.get(k, "–")) for k in
+                              ("intake", "dispatch", "escalation", "feedback", "nats",
+                               "postgres", "loader", "others"))
+            lines.append(f"| {row['instances']} | {w['name']} | {w['completed_cases_per_s']} | "
+                         f"{w['events_per_s']} | {w['cases_failed']} | {_ms(d, 'p50')}/"
+                         f"{_ms(d, 'p99')} | {cpu_s} | {w['cpu_system_percent']} | "
+                         f"{w['cpu_ms_per_case'] if w['cpu_ms_per_case'] is not None else '–'} | "
+                         f"{w['machine_busy_percent']} |")
+    ratio = sc.get("ratio") or {}
+    for kind, label in (("max_throughput", "max throughput"), ("fixed_rate", "fixed rate")):
+        v = ratio.get(kind)
+        if v:
+            n, one = ratio["of"]
+            lines.append(f"\n{n}/{one} instances, {label}: cases/s {_x(v['cases_per_s'])}, "
+                         f"events/s {_x(v['events_per_s'])}, report→dispatched p50 "
+                         f"{_x(v['report_to_dispatched_p50'])}, p99 "
+                         f"{_x(v['report_to_dispatched_p99'])}; system CPU "
+                         f"{_x(v['cpu_system'])}, CPU per case {_x(v['cpu_ms_per_case'])}.")
+    for note in sc.get("notes") or []:
+        lines.append(f"\n{note}")
+    for row in rows:
+        claims = row.get("claimed") or {}
+        parts = []
+        for key, projections in claims.items():
+            counts = sorted({len(v) for v in projections.values()})
+            parts.append(f"{key} {'/'.join(str(c) for c in counts)}")
+        served = row.get("served") or {}
+        sizes = row.get("sizes") or {}
+        lines.append(
+            f"\n{row['instances']} instance(s): partitions claimed per process "
+            f"({', '.join(parts) or 'none recorded'}); requests served per instance "
+            f"{sorted(served.values())}; {sizes.get('events_per_case')} events/case, "
+            f"{sizes.get('stream_bytes_per_event')} stream bytes/event, "
+            f"{sizes.get('database_bytes_per_case')} PostgreSQL bytes/case; all alive: "
+            f"{all((row.get('alive') or {'?': False}).values())}.")
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     run = r["run"]
     lines = [
@@ -138,8 +195,9 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | **{t['status']}** | {t['figures']} |")
 
     c = r.get("ceilings") or {}
-    lines += ["", "## Ceilings (raw clients, same run)", "",
-              "| what | events | events/s | latency p50 / p99 ms |", "|---|---|---|---|"]
+    if c:
+        lines += ["", "## Ceilings (raw clients, same run)", "",
+                  "| what | events | events/s | latency p50 / p99 ms |", "|---|---|---|---|"]
     for key, label in (("publish_awaited", "JetStream publish, awaited one by one"),
                        ("publish_concurrent", "JetStream publish, concurrent writers"),
                        ("publish_pipelined", "JetStream publish_async, pipelined"),
@@ -194,6 +252,8 @@ def markdown(r: dict[str, Any]) -> str:
                          f" | {vis} | {cpu_s} |")
         for note in _get(r, "loop", "notes") or []:
             lines.append(f"\n{note}")
+
+    lines += _scale_lines(r.get("scale") or {})
 
     dl = r.get("deadlines") or {}
     if dl.get("lateness_ms"):
