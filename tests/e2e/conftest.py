@@ -1,4 +1,5 @@
-"""The four services as separate processes on real NATS and PostgreSQL, for end-to-end tests."""
+"""The four services as separate processes on real NATS and PostgreSQL, for end-to-end tests,
+each running as its own NATS user and PostgreSQL role from deploy/ (as in a district)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gridloop_events.auth_keys import Issuer, SigningKey
+from gridloop_events.deploy_security import Deployed, deployed_servers
 from gridloop_events.servers import find_free_port, wait_service_ready
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
@@ -23,6 +25,9 @@ class System:
     env: dict[str, str]
     ports: dict[str, int]
     log_dir: Path
+    # The servers and every identity on them: the services' own, and for the harness's
+    # inspections the NATS operator and the database auditor.
+    deployed: Deployed
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Signs the tests' tokens; the services trust only its public key.
     issuer: Issuer = field(default_factory=lambda: Issuer(SigningKey.generate("e2e-1")))
@@ -70,21 +75,30 @@ class System:
         return "\n".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
 
 
+def _inherited_env() -> dict[str, str]:
+    # Any server or prefix from the outside would override the deployed identities.
+    return {k: v for k, v in os.environ.items()
+            if not k.endswith(("NATS_URL", "DATABASE_URL")) and k != "GRIDLOOP_SUBJECT_PREFIX"}
+
+
 @pytest.fixture
-def system(nats_url: str, fresh_database: str, fresh_stream_prefix: str,
-           tmp_path: Path) -> Iterator[System]:
+def system(database_url: str, tmp_path: Path) -> Iterator[System]:
+    with deployed_servers(database_url, data_dir=tmp_path / "nats") as deployed:
+        yield from _running_system(deployed, tmp_path / "logs")
+
+
+def _running_system(deployed: Deployed, log_dir: Path) -> Iterator[System]:
+    log_dir.mkdir()
     ports = {name: find_free_port() for name in SERVICES}
     env = {
-        **os.environ,
-        "GRIDLOOP_NATS_URL": nats_url,
-        "GRIDLOOP_DATABASE_URL": fresh_database,
-        "GRIDLOOP_SUBJECT_PREFIX": fresh_stream_prefix,
+        **_inherited_env(),
+        **deployed.service_env(),
         "GRIDLOOP_TEST_CLOCK": "1",
         "GRIDLOOP_ENV": "production",
         "GRIDLOOP_LOG_LEVEL": "DEBUG",
         **{f"GRIDLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
-    system = System(env=env, ports=ports, log_dir=tmp_path)
+    system = System(env=env, ports=ports, log_dir=log_dir, deployed=deployed)
     env.update({"GRIDLOOP_AUTH": "required",
                 "GRIDLOOP_JWT_PUBLIC_KEYS": system.issuer.trusted_keys_json()})
     try:

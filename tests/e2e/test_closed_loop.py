@@ -163,7 +163,7 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
     assert case_id in logs  # the logs do carry the case id
     metrics = "".join(httpx.get(f"{system.url(s)}/metrics", timeout=10).text
                       for s in ("intake", "dispatch", "escalation", "feedback"))
-    stored = asyncio.run(_everything_stored(system.env))
+    stored = asyncio.run(_everything_stored(system.deployed))
     assert case_id in stored  # the scan did read the read models
     for secret in RESIDENT.values():
         assert secret not in logs
@@ -171,15 +171,16 @@ def test_report_to_satisfied_rating_through_escalation_and_reopening(system: Any
         assert secret not in stored
 
 
-async def _everything_stored(env: dict[str, str]) -> str:
-    """Every row of every table of the four services' schemas (dead letters included), and
-    every message of the public view, as one text to search."""
+async def _everything_stored(deployed: Any) -> str:
+    """Every row of every table of the four services' schemas (dead letters included), read as
+    the auditor, and every message of the public view, read as an external subscriber (the
+    `public` NATS user), as one text to search."""
     import asyncpg
     import nats
 
-    from gridloop_events.subjects import Subjects
+    from gridloop_events.public_view import PublicSubjects
 
-    conn = await asyncpg.connect(env["GRIDLOOP_DATABASE_URL"])
+    conn = await asyncpg.connect(deployed.database_url_as("auditor"))
     parts: list[str] = []
     try:
         tables = await conn.fetch(
@@ -191,16 +192,14 @@ async def _everything_stored(env: dict[str, str]) -> str:
             parts.extend(r["r"] for r in rows)
     finally:
         await conn.close()
-    nc = await nats.connect(env["GRIDLOOP_NATS_URL"])
+    nc = await nats.connect(deployed.nats_url_as("public"), inbox_prefix="_INBOX_PUBLIC")
     try:
         js = nc.jetstream()
-        public = Subjects(env["GRIDLOOP_SUBJECT_PREFIX"]).stream_name.replace("_CASES", "_PUBLIC")
-        try:
-            last = (await js.stream_info(public)).state.last_seq
-        except nats.js.errors.NotFoundError:
-            last = 0
+        public = PublicSubjects().stream_name
+        last = (await js.stream_info(public)).state.last_seq
+        assert last > 0  # intake republished the case's public view
         for seq in range(1, last + 1):
-            msg = await js.get_msg(public, seq)
+            msg = await js.get_msg(public, seq, direct=True)
             parts.append(msg.data.decode())
     finally:
         await nc.close()

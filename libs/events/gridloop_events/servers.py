@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Self
+from typing import Any, Callable, Iterator, Literal, Mapping, Self
 
 __all__ = [
     "MIN_NATS_VERSION",
@@ -548,6 +548,7 @@ class LocalNats(_ServerProcess):
         monitor: bool = True,
         monitor_port: int | None = None,
         extra_config: str = "",
+        env: Mapping[str, str] | None = None,
         binary: str | None = None,
         startup_timeout: float = 20.0,
     ) -> None:
@@ -558,6 +559,9 @@ class LocalNats(_ServerProcess):
         self.monitor = monitor
         self.monitor_port = monitor_port
         self.extra_config = extra_config
+        # Variables the config refers to (accounts.conf's `$GRIDLOOP_NATS_PASSWORD_<USER>`):
+        # the deployed file takes passwords from the server's environment, never from itself.
+        self.env = dict(env or {})
         self._binary = binary
 
     @property
@@ -610,7 +614,8 @@ class LocalNats(_ServerProcess):
         self._log_path = self.data_dir / "nats-server.log"
 
         started = time.monotonic()
-        self._spawn([binary, "-c", str(self.config_path)], cwd=self.data_dir)
+        self._spawn([binary, "-c", str(self.config_path)], cwd=self.data_dir,
+                    env={**os.environ, **self.env} if self.env else None)
         health = f"{self.monitor_url}/healthz?js-enabled-only=true"
 
         def ready() -> bool:
@@ -1046,7 +1051,9 @@ def _choose_backend(requested: str | None) -> Literal["docker", "local"]:
     raise ServerError(f"GRIDLOOP_SERVERS must be auto, docker or local, not {choice!r}")
 
 
-def _docker_nats(stack: contextlib.ExitStack, extra_config: str = "") -> tuple[str, Any]:
+def _docker_nats(
+    stack: contextlib.ExitStack, extra_config: str = "", env: Mapping[str, str] | None = None
+) -> tuple[str, Any]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
@@ -1067,6 +1074,8 @@ def _docker_nats(stack: contextlib.ExitStack, extra_config: str = "") -> tuple[s
         .with_exposed_ports(4222, 8222)
         .waiting_for(LogMessageWaitStrategy("Server is ready"))
     )
+    for key, value in (env or {}).items():
+        container = container.with_env(key, value)
     stack.enter_context(container)
     url = f"nats://{container.get_container_host_ip()}:{container.get_exposed_port(4222)}"
     return url, container
@@ -1100,6 +1109,7 @@ def provide_servers(
     nats_port: int | None = None,
     postgres_port: int | None = None,
     nats_extra_config: str = "",
+    nats_env: Mapping[str, str] | None = None,
     postgres_fsync: bool = True,
 ) -> Iterator[Servers]:
     """Yield reachable NATS + PostgreSQL URLs, starting servers if needed.
@@ -1109,6 +1119,10 @@ def provide_servers(
     ``$GRIDLOOP_SERVERS``, default ``auto``) decides: ``auto`` uses
     testcontainers when ``docker info`` reaches an engine, else the local
     binaries (:class:`LocalNats`, :class:`LocalPostgres`).
+
+    ``nats_extra_config``/``nats_env`` add to a NATS server we start (e.g. deploy's
+    accounts.conf and the passwords it reads from the environment, see
+    :mod:`gridloop_events.deploy_security`).
 
     ``data_root`` (local only) keeps data across runs in ``data_root/nats``
     and ``data_root/postgres`` -- for ``make run`` with ``.run/``.  Without
@@ -1132,13 +1146,14 @@ def provide_servers(
             servers.nats_backend = chosen  # type: ignore[assignment]
             if chosen == "docker":
                 servers.nats_url, servers.nats_container = _docker_nats(
-                    stack, nats_extra_config
+                    stack, nats_extra_config, nats_env
                 )
             else:
                 local_nats = LocalNats(
                     root / "nats" if root else None,
                     port=nats_port,
                     extra_config=nats_extra_config,
+                    env=nats_env,
                 )
                 stack.enter_context(local_nats)
                 servers.nats, servers.nats_url = local_nats, local_nats.url
