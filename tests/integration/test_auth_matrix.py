@@ -37,6 +37,7 @@ from gridloop_events.catalogue import (
     CaseClosed,
     CaseDispatched,
     CaseReported,
+    CaseTriageQueued,
     Deadlines,
     ExtensionRequested,
     GridPath,
@@ -46,7 +47,7 @@ from gridloop_events.clock import FixedClock, OffsetClock
 from gridloop_events.envelope import Actor, ActorKind, Envelope
 from gridloop_events.servers import create_database, drop_database
 from gridloop_events.store import EventStore
-from gridloop_events.vocabulary import Channel, Outcome, ProblemKind, Tier
+from gridloop_events.vocabulary import Channel, Outcome, ProblemKind, Tier, TriageReason
 from gridloop_feedback.app import create_app as feedback_app
 from gridloop_feedback.settings import FeedbackSettings
 from gridloop_intake.app import create_app as intake_app
@@ -112,6 +113,9 @@ IN_STAFF = ("grid_worker.in", "unit_handler.in", "dispatcher.district", "dispatc
 ALL_STAFF = IN_STAFF + ("grid_worker.out", "unit_handler.out", "dispatcher.out",
                         "supervisor.out")
 HANDLERS_IN = ("grid_worker.in", "unit_handler.in")
+# Lists of the district narrowed to the caller's area (what each sees: test_lists_by_area).
+AREA_STAFF = DISTRICT_WIDE + ("grid_worker.in", "grid_worker.out", "dispatcher.in",
+                              "dispatcher.out", "supervisor.in", "supervisor.out")
 REPORTERS = ("resident.in", "resident.out", "grid_worker.in", "dispatcher.district",
              "dispatcher.in")
 
@@ -167,7 +171,7 @@ RULES: dict[tuple[str, str, str], Rule] = {
               hidden=("resident.out",)),
         lambda c: (f"/v1/cases/{c.case_id}/reporter", {})),
     ("intake", "GET", "/v1/cases"): Rule(
-        cells(200, *IN_STAFF),
+        cells(200, "resident.in", "resident.out", *IN_STAFF),
         lambda c: ("/v1/cases", {"params": {"grid": GRID_A, "unit": TEAM_A}})),
     ("intake", "GET", "/v1/grids"): Rule(cells(200, *AUTHENTICATED), lambda c: ("/v1/grids", {})),
     ("intake", "GET", "/v1/categories"): Rule(
@@ -222,7 +226,7 @@ RULES: dict[tuple[str, str, str], Rule] = {
                    {"json": {"unit_code": STREET_OFFICE_A, "reason": "needs the street"}}),
         stage="dispatched"),
     ("dispatch", "GET", "/v1/queue/triage"): Rule(
-        cells(200, *DISTRICT_WIDE), lambda c: ("/v1/queue/triage", {})),
+        cells(200, *AREA_STAFF), lambda c: ("/v1/queue/triage", {})),
     ("dispatch", "GET", "/v1/units/workload"): Rule(
         cells(200, *ALL_STAFF), lambda c: ("/v1/units/workload", {})),
     ("dispatch", "GET", "/v1/units/{unit_code}/queue"): Rule(
@@ -249,7 +253,7 @@ RULES: dict[tuple[str, str, str], Rule] = {
         cells(200, "resident.in", *IN_STAFF, hidden=("resident.out",)),
         lambda c: (f"/v1/cases/{c.case_id}/ratings", {})),
     ("feedback", "GET", "/v1/callbacks/due"): Rule(
-        cells(200, *DISTRICT_WIDE), lambda c: ("/v1/callbacks/due", {})),
+        cells(200, *AREA_STAFF), lambda c: ("/v1/callbacks/due", {})),
     ("feedback", "GET", "/v1/stats"): Rule(
         cells(200, *IN_STAFF),
         lambda c: ("/v1/stats", {"params": {"grid": GRID_A, "unit": TEAM_A}})),
@@ -259,32 +263,44 @@ RULES: dict[tuple[str, str, str], Rule] = {
 # --- the system under test ----------------------------------------------------------------------
 
 
-def history(case_id: str, stage: str, reporter: str = "r-in") -> list[Envelope]:
-    """A case of grid A reported by `reporter`, taken as far as `stage`."""
-    path = GridPath.model_validate(D.grid_path(GRID_A).model_dump())
+def history(case_id: str, stage: str, reporter: str = "r-in", *, grid: str = GRID_A,
+            reporter_kind: ActorKind = ActorKind.resident, description: str = "杂物堵塞通道",
+            address: str | None = None, resolution: str = "cleared") -> list[Envelope]:
+    """A case of `grid` reported by `reporter`, taken as far as `stage` by the grid's team
+    ("triage": queued for a dispatcher instead; "no_grid": an address only, in triage)."""
+    path = None if stage == "no_grid" else GridPath.model_validate(
+        D.grid_path(grid).model_dump())
+    team = D.grid_team(grid).code
     reported = Envelope.new(
-        CaseReported(channel=Channel.app, category_code="CM-0101", description="杂物堵塞通道",
-                     location=Location(grid_path=path)),
-        case_id=case_id, district=D.code, actor=Actor(kind=ActorKind.resident, id=reporter),
+        CaseReported(channel=Channel.app, category_code="CM-0101", description=description,
+                     location=Location(grid_path=path, address=address or (
+                         "东门外" if path is None else None))),
+        case_id=case_id, district=D.code, actor=Actor(kind=reporter_kind, id=reporter),
         correlation_id=str(uuid.uuid4()), occurred_at=NOW)
+    if stage in ("triage", "no_grid"):
+        return [reported, reported.caused(
+            CaseTriageQueued(reason=TriageReason.no_grid if path is None
+                             else TriageReason.disputed,
+                             dispatch_due=NOW + timedelta(minutes=15)),
+            actor=Actor.system("dispatch"), purpose="triage")]
     events = [reported, reported.caused(
-        CaseDispatched(unit_code=TEAM_A, tier=Tier.grid, kind=ProblemKind.general,
+        CaseDispatched(unit_code=team, tier=Tier.grid, kind=ProblemKind.general,
                        dispatcher="dispatch-rules", reason="general → grid team",
                        deadlines=Deadlines(accept_due=NOW + timedelta(minutes=1),
                                            resolve_due=NOW + timedelta(days=1))),
         actor=Actor.system("dispatch"), purpose="dispatch")]
     handler = Actor(kind=ActorKind.department, id="h-setup", role="unit_handler")
     if stage in ("accepted", "extension", "closed"):
-        events.append(events[-1].caused(CaseAccepted(unit_code=TEAM_A, handler_id="h-setup"),
+        events.append(events[-1].caused(CaseAccepted(unit_code=team, handler_id="h-setup"),
                                         actor=handler, purpose="accept"))
     if stage == "extension":
         events.append(events[-1].caused(ExtensionRequested(
-            unit_code=TEAM_A, handler_id="h-setup", reason="parts",
+            unit_code=team, handler_id="h-setup", reason="parts",
             requested_resolve_due=NOW + timedelta(days=2)), actor=handler, purpose="extend"))
     if stage == "closed":
         events.append(events[-1].caused(CaseClosed(
-            outcome=Outcome.resolved, resolution="cleared", closed_by="h-setup",
-            unit_code=TEAM_A), actor=handler, purpose="close"))
+            outcome=Outcome.resolved, resolution=resolution, closed_by="h-setup",
+            unit_code=team), actor=handler, purpose="close"))
     return events
 
 
@@ -312,9 +328,9 @@ class System:
         assert isinstance(facts[1], CaseDispatched) and facts[1].unit_code == TEAM_A, facts
         return case_id
 
-    async def new_case(self, stage: str) -> str:
+    async def new_case(self, stage: str, **how: Any) -> str:
         case_id = f"M-{next(self.cases)}-{uuid.uuid4().hex[:6]}"
-        await self.store.append(case_id, history(case_id, stage), 0)
+        await self.store.append(case_id, history(case_id, stage, **how), 0)
         return case_id
 
     async def caught_up(self) -> None:
@@ -527,3 +543,159 @@ async def test_what_a_scope_lets_through(sut: System) -> None:
     metrics = (await intake.get("/metrics")).text
     assert 'gridloop_auth_refused_total{status="401"}' in metrics
     assert 'gridloop_auth_refused_total{status="403"}' in metrics
+
+
+# --- within an allowed list, the rows of the caller's cases or area only --------------------------
+
+
+async def listed(client: httpx.AsyncClient, path: str, key: str, headers: dict[str, str],
+                 **params: Any) -> tuple[set[str], dict[str, Any]]:
+    r = await client.get(path, headers=headers, params=params)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return {row["case_id"] for row in body[key]}, body
+
+
+async def test_a_resident_lists_their_own_reports_only(sut: System) -> None:
+    by = {v.name: v.headers() for v in VARIANTS}
+    intake = sut.clients["intake"]
+    mine = await sut.new_case("dispatched")  # r-in's, as case A
+    elsewhere = await sut.new_case("dispatched", grid=GRID_B)  # r-in's too, in grid B
+    theirs = await sut.new_case("dispatched", reporter="r-out")
+    # A worker whose staff id reads like r-out's subject: not a resident's report.
+    namesake = await sut.new_case("dispatched", reporter="r-out",
+                                  reporter_kind=ActorKind.grid_worker)
+    await sut.caught_up()
+
+    async def reported_by(resident: str, ids: set[str]) -> None:
+        """Every row listed is one the resident reported, by the log."""
+        for case_id in ids:
+            first = (await sut.store.read(case_id))[0].envelope
+            assert (first.actor.kind, first.actor.id) == (ActorKind.resident, resident), case_id
+
+    ids, page = await listed(intake, "/v1/cases", "items", by["resident.in"], limit=200)
+    assert {sut.case_a, mine, elsewhere} <= ids and not {theirs, namesake} & ids
+    assert page["total"] == len(ids)
+    await reported_by("r-in", ids)
+    ids, _ = await listed(intake, "/v1/cases", "items", by["resident.out"], limit=200)
+    assert theirs in ids and not {sut.case_a, mine, elsewhere, namesake} & ids
+    await reported_by("r-out", ids)
+    # Filters narrow the resident's own cases, never widen them.
+    ids, _ = await listed(intake, "/v1/cases", "items", by["resident.in"], grid=GRID_B)
+    assert ids == {elsewhere}
+    ids, _ = await listed(intake, "/v1/cases", "items", by["resident.out"], grid=GRID_A,
+                          status="dispatched")
+    assert theirs in ids and not {sut.case_a, mine, namesake} & ids
+    await reported_by("r-out", ids)
+    r = await intake.get("/v1/cases", headers=by["resident.in"], params={"grid": "x\x00"})
+    assert r.status_code == 422
+
+    # Who reported a case is recorded to decide this, and shown to no one.
+    for name in ("resident.in", "grid_worker.in", "auditor"):
+        _, page = await listed(intake, "/v1/cases", "items", by[name], grid=GRID_A)
+        assert page["items"], name
+        assert not any({"reported_by", "reporter_kind"} & set(i) for i in page["items"]), name
+        assert '"r-in"' not in json.dumps(page["items"]), name
+    # A single read checks the reporter the same way: by the log.
+    assert (await intake.get(f"/v1/cases/{mine}", headers=by["resident.in"])).status_code == 200
+    for other in (mine, namesake):
+        r = await intake.get(f"/v1/cases/{other}", headers=by["resident.out"])
+        assert r.status_code == 404, other
+
+
+async def test_district_lists_hold_the_callers_area_only(sut: System) -> None:
+    by = {v.name: v.headers() for v in VARIANTS}
+    dispatch, feedback = sut.clients["dispatch"], sut.clients["feedback"]
+    queued_a = await sut.new_case("triage")
+    queued_b = await sut.new_case("triage", grid=GRID_B)
+    queued_nowhere = await sut.new_case("no_grid")  # an address only: the district's
+    closed_a = await sut.new_case("closed")
+    closed_b = await sut.new_case("closed", grid=GRID_B)
+    # Feedback schedules the callbacks in reaction to the closures, then lists them.
+    for _ in range(200):
+        await sut.caught_up()
+        due, _ = await listed(feedback, "/v1/callbacks/due", "callbacks", by["auditor"],
+                              limit=500)
+        if {closed_a, closed_b} <= due:
+            break
+        await asyncio.sleep(0.05)
+    assert {closed_a, closed_b} <= due
+
+    area_a, area_b = {queued_a, closed_a}, {queued_b, closed_b}
+    sees = {"grid_worker.in": area_a, "dispatcher.in": area_a, "supervisor.in": area_a,
+            "grid_worker.out": area_b, "dispatcher.out": area_b, "supervisor.out": area_b}
+    ours = area_a | area_b | {queued_nowhere}
+    grids_a = {g.code for g in D.grids if g.code.startswith(COMMUNITY_A)}
+    grids_b = {g.code for g in D.grids if g.code.startswith(COMMUNITY_B)}
+    for name in AREA_STAFF:
+        triage, queue = await listed(dispatch, "/v1/queue/triage", "cases", by[name],
+                                     limit=500)
+        callbacks, body = await listed(feedback, "/v1/callbacks/due", "callbacks", by[name],
+                                       limit=500)
+        got = (triage | callbacks) & ours
+        if name in DISTRICT_WIDE:
+            assert got == ours, name
+            continue
+        assert got == sees[name], name
+        # Nothing of another area, and the count is of the rows the caller may see.
+        area = grids_a if name.endswith(".in") else grids_b
+        if name.startswith("grid_worker"):
+            area = {GRID_A if name.endswith(".in") else GRID_B}
+        rows = queue["cases"] + body["callbacks"]
+        assert {row["grid"] for row in rows} <= area, name
+        assert queue["total"] == len(queue["cases"]), name
+    # Paging walks the narrowed queue: a page of one is the caller's oldest case.
+    _, page = await listed(dispatch, "/v1/queue/triage", "cases", by["grid_worker.in"],
+                           limit=1, offset=0)
+    assert page["cases"][0]["grid"] == GRID_A and page["total"] >= 1
+    # A handler works a unit's queue, not the district's lists.
+    for path in ("/v1/queue/triage", "/v1/callbacks/due"):
+        client = dispatch if "triage" in path else feedback
+        r = await client.get(path, headers=by["unit_handler.in"])
+        assert r.status_code == 403, path
+
+
+async def test_open311_shows_free_text_as_written_to_those_who_may_read_the_case(
+        sut: System) -> None:
+    by = {v.name: v.headers() for v in VARIANTS}
+    intake = sut.clients["intake"]
+    phone, landline, email = "13812345678", "010-62345678", "li.si@example.org"
+    open_case = await sut.new_case("dispatched", description=f"楼道堆放杂物，联系{phone}",
+                                   address=f"3号楼 电话{landline}")
+    closed_case = await sut.new_case("closed", resolution=f"已清理，复核请发{email}")
+    await sut.caught_up()
+    private = (phone, landline, email)
+
+    for v in VARIANTS[2:]:
+        # The native API's rule: the full case, free text included, or not.
+        native = await intake.get(f"/v1/cases/{open_case}", headers=by[v.name])
+        as_written = native.status_code == 200 and "description" in native.json()
+        single = [(await intake.get(f"/open311/v2/requests/{c}.json", headers=by[v.name]))
+                  for c in (open_case, closed_case)]
+        listing = await intake.get("/open311/v2/requests.json", headers=by[v.name],
+                                   params={"service_request_id": f"{open_case},{closed_case}"})
+        xml = await intake.get(f"/open311/v2/requests/{open_case}.xml", headers=by[v.name])
+        assert all(r.status_code == 200 for r in (*single, listing, xml)), v.name
+        rows = {row["service_request_id"]: row
+                for row in [*single[0].json(), *single[1].json(), *listing.json()]}
+        assert set(rows) == {open_case, closed_case}, v.name
+        for body in (single[0].text, single[1].text, listing.text, xml.text):
+            for value in private:
+                assert (value in body) is as_written or value not in body, v.name
+        docs = [*single[0].json(), *single[1].json(), *listing.json()]
+        shown = [d["description"] for d in docs if d["service_request_id"] == open_case]
+        shown += [d["address"] for d in docs if d["service_request_id"] == open_case]
+        shown += [d["status_notes"] for d in docs if d["service_request_id"] == closed_case]
+        if as_written:
+            assert all(any(p in text for p in private) for text in shown), v.name
+        else:
+            assert all("***" in text and not any(p in text for p in private)
+                       for text in shown), (v.name, shown)
+            # The rest of the problem stays readable: the public view masks, it does not drop.
+            assert all(d["description"] and "楼道堆放杂物" in d["description"]
+                       for d in docs if d["service_request_id"] == open_case), v.name
+    # Who reads it as written, spelled out: the reporter and the staff who see the case.
+    readers = {v.name for v in VARIANTS[2:]
+               if phone in (await intake.get(f"/open311/v2/requests/{open_case}.json",
+                                             headers=by[v.name])).text}
+    assert readers == {"resident.in", *IN_STAFF}

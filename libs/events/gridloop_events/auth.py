@@ -396,6 +396,15 @@ def listing_area(p: Principal, requested: str | None, district: str) -> str | No
     raise forbidden("your token covers several areas: name the one to list")
 
 
+def area_grids(p: Principal, district: str, grids: Iterable[str]) -> tuple[str, ...] | None:
+    """The grids a district's list (triage queue, callbacks due) narrows to for the caller,
+    out of the district's `grids`; None: no narrowing (auditors, district-wide staff). A case
+    without a grid lies in the district only, so only district-wide callers list it."""
+    if p.role is Role.auditor or p.covers(district):
+        return None
+    return tuple(g for g in grids if p.covers(g))
+
+
 def sees_unit(p: Principal, unit_code: str, grids: Sequence[str]) -> bool:
     """A unit's queue or figures: its handlers, the grid workers of its grids, staff whose
     area holds all of its grids, auditors."""

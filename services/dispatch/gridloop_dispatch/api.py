@@ -4,7 +4,8 @@ Who may (gridloop_events.auth): the unit a case is with — its handlers, or the
 while the grid's team holds it — accepts, returns, asks for more time and closes it; dispatchers
 of the case's area dispatch it; supervisors of its area decide extensions; all of them note
 progress. The check runs inside the decision, on the state the events are appended to, so a
-case that moved on in between is judged again. Queues and workload show the caller's units.
+case that moved on in between is judged again. Queues and workload show the caller's units; the
+triage queue the cases of the caller's area (all of it for district-wide staff and auditors).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gridloop_events.auth import (
     Principal,
     Role,
     Verdict,
+    area_grids,
     enforce,
     forbidden,
     may_handle,
@@ -66,11 +68,10 @@ def dispatch_router(runtime: Runtime, projection: DispatchProjection, district: 
     as_supervisor = Depends(auth.allow(Role.supervisor))
     as_staff = Depends(auth.allow(*STAFF))
     as_triager = Depends(auth.allow(
-        Role.dispatcher, Role.supervisor, Role.auditor,
-        where=lambda p: p.covers(district.code),
-        why="the triage queue is the district's: it needs a district-wide token"))
+        Role.grid_worker, Role.dispatcher, Role.supervisor, Role.auditor))
 
     district_units = {u.code for u in district.units}
+    district_grids = tuple(g.code for g in district.grids)
 
     def grids_of(unit_code: str) -> tuple[str, ...]:
         try:
@@ -185,12 +186,16 @@ def dispatch_router(runtime: Runtime, projection: DispatchProjection, district: 
         return await run(request, principal, case_id, "dispatch", may_supervise,
                          lambda s, now, who: c.decide_dispatch(s, body, now, district, who))
 
-    @router.get("/queue/triage")
+    @router.get("/queue/triage", description=(
+        "Cases waiting for a dispatcher, oldest first. Grid workers, dispatchers and supervisors "
+        "see the cases of their area's grids; district-wide staff and auditors all of them, "
+        "cases without a grid included."))
     async def triage_queue(principal: Principal = as_triager, limit: Limit = 50,
                            offset: Offset = 0) -> dict[str, Any]:
         assert runtime.pool is not None
-        return await queries.triage_queue(runtime.pool, projection.schema, runtime.clock.now(),
-                                          limit, offset)
+        return await queries.triage_queue(
+            runtime.pool, projection.schema, runtime.clock.now(), limit, offset,
+            grids=area_grids(principal, district.code, district_grids))
 
     @router.get("/units/workload")
     async def workload(principal: Principal = as_staff) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,15 +35,22 @@ def _assignment(record: asyncpg.Record, now: datetime) -> dict[str, Any]:
 
 
 async def triage_queue(
-    pool: asyncpg.Pool, schema: str, now: datetime, limit: int, offset: int
+    pool: asyncpg.Pool, schema: str, now: datetime, limit: int, offset: int,
+    grids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """`grids`: only the cases of these grids; None: the whole queue."""
     s = check_schema(schema)
+    area: list[Any] = [] if grids is None else [list(grids)]
+    where = "" if grids is None else "WHERE grid = ANY($1::text[])"
+    n = len(area)
     async with pool.acquire() as conn:
-        total = await conn.fetchval(f"SELECT count(*) FROM {s}.triage_queue")
+        total = await conn.fetchval(f"SELECT count(*) FROM {s}.triage_queue {where}", *area)
         rows = await conn.fetch(
             f"""SELECT case_id, reason, detail, returned_by, category_code, severity, grid,
                        queued_at, dispatch_due, escalation_level
-                FROM {s}.triage_queue ORDER BY queued_at, case_id LIMIT $1 OFFSET $2""",
+                FROM {s}.triage_queue {where}
+                ORDER BY queued_at, case_id LIMIT ${n + 1} OFFSET ${n + 2}""",
+            *area,
             limit,
             offset,
         )

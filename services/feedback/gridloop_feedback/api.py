@@ -4,7 +4,8 @@ Thin: the rules are in `domain`, the counting in the projection, the SQL in `que
 
 Who may (gridloop_events.auth): a resident rates their own case, a callback operator (dispatcher)
 the cases of their area; a case's ratings are read by its reporter and the staff who see the
-case; the callbacks due by district-wide staff; the figures by staff, for their scope.
+case; the callbacks due by dispatchers, supervisors and grid workers for the grids of their
+area (district-wide staff and auditors: all); the figures by staff, for their scope.
 """
 
 from datetime import datetime
@@ -20,6 +21,7 @@ from gridloop_events.auth import (
     Principal,
     Role,
     Verdict,
+    area_grids,
     enforce,
     forbidden,
     may_see,
@@ -85,10 +87,9 @@ def build_router(
     as_rater = Depends(auth.allow(Role.resident, Role.dispatcher))
     as_reader = Depends(auth.allow(Role.resident, *STAFF))
     as_staff = Depends(auth.allow(*STAFF))
-    as_district_staff = Depends(auth.allow(
-        Role.dispatcher, Role.supervisor, Role.auditor,
-        where=lambda p: p.covers(district.code),
-        why="the callbacks due are the district's: they need a district-wide token"))
+    as_area_staff = Depends(auth.allow(
+        Role.grid_worker, Role.dispatcher, Role.supervisor, Role.auditor))
+    district_grids = tuple(g.code for g in district.grids)
 
     def unknown_case() -> HTTPException:
         return HTTPException(404, detail={"reason": "unknown case", "field": "case_id"})
@@ -198,16 +199,18 @@ def build_router(
         description=(
             "`overdue` is true when `due_at` is before the service clock at the time of the "
             "query. A callback no longer owed (the case went back to handling unrated) is not "
-            "listed."
+            "listed. Grid workers, dispatchers and supervisors see the callbacks of their area's "
+            "grids; district-wide staff and auditors all of them."
         ),
     )
     async def due(
-        principal: Principal = as_district_staff,
+        principal: Principal = as_area_staff,
         limit: Annotated[int, Query(ge=1, le=settings.due_page_max)] = 100,
     ) -> dict[str, Any]:
         now = runtime.clock.now()
+        grids = area_grids(principal, district.code, district_grids)
         async with queries.reading(pool(), projection.schema) as conn:
-            rows = await queries.due_callbacks(conn, limit)
+            rows = await queries.due_callbacks(conn, limit, grids)
         return {
             "as_of": now.isoformat(),
             "callbacks": [

@@ -3,7 +3,7 @@ recorded by the projection, so these queries just count rows."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,15 +140,18 @@ async def stats(
     return groups, total
 
 
-async def due_callbacks(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+async def due_callbacks(conn: asyncpg.Connection, limit: int,
+                        grids: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """`grids`: only the cases of these grids; None: the whole district."""
     return await conn.fetch(
         """SELECT b.case_id, b.round, b.due_at, b.scheduled_at, c.grid, c.category,
                   c.unit_code, c.outcome
            FROM callback b JOIN feedback_case c ON c.case_id = b.case_id
-           WHERE b.state = 'due'
+           WHERE b.state = 'due' AND ($2::text[] IS NULL OR c.grid = ANY($2::text[]))
            ORDER BY b.due_at, b.case_id, b.round
            LIMIT $1""",
         limit,
+        None if grids is None else list(grids),
     )
 
 

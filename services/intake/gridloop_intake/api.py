@@ -1,7 +1,7 @@
 """Intake's native HTTP API: thin handlers over IntakeService and the pure domain.
 
-Who may do what (the token decides, see gridloop_events.auth): residents report and read their
-own cases; grid workers and hotline operators (dispatchers) report within their area; staff read
+Who may do what (the token decides, see gridloop_events.auth): residents report, read and list
+their own cases (the register records who reported each); grid workers and hotline operators (dispatchers) report within their area; staff read
 the cases of their area or unit; auditors read all; an integration reads a case's status only.
 """
 
@@ -39,6 +39,7 @@ from .domain.location import resolve_location
 from .domain.parsing import parse_report
 from .domain.reference import categories_doc, grids_geojson
 from .domain.views import CaseView, TimelineEntry
+from .queries import fetch_page
 from .reporting import CASE_ID_PATTERN, IntakeService
 
 log = get_logger(__name__)
@@ -141,6 +142,12 @@ def page_json(page: CasePage) -> dict[str, Any]:
 
 
 REPORTERS = (Role.resident, Role.grid_worker, Role.dispatcher)
+LIST_DESCRIPTION = (
+    "The case register, newest first. What a caller lists: a resident the cases they reported "
+    "(whatever the filters); a grid worker, dispatcher or supervisor the cases of their area — "
+    "without a place filter, their token's one area (a token of several areas must name one: "
+    "grid=, community= or street=; a place outside the area is a 403); a unit handler their "
+    "unit's cases; an auditor all. Who reported a case is recorded but never shown.")
 
 
 def authorize_report(district: District, principal: Principal, cmd: ReportCase) -> ReportCase:
@@ -229,7 +236,8 @@ def build_api(service: IntakeService, auth: Authenticator, *,
     as_reporter = Depends(auth.allow(*REPORTERS))
     as_anyone = Depends(auth.allow(*EVERYONE))
     as_lister = Depends(auth.allow(
-        Role.grid_worker, Role.unit_handler, Role.dispatcher, Role.supervisor, Role.auditor))
+        Role.resident, Role.grid_worker, Role.unit_handler, Role.dispatcher, Role.supervisor,
+        Role.auditor))
 
     def unknown(case_id: str) -> HTTPException:
         return _refused("case_id", f"no case {case_id}", 404)
@@ -282,7 +290,7 @@ def build_api(service: IntakeService, auth: Authenticator, *,
         enforce(may_see(principal, facts), lambda: unknown(case_id), "read")
         return case_json(view, with_timeline=True)
 
-    @router.get("/v1/cases")
+    @router.get("/v1/cases", description=LIST_DESCRIPTION)
     async def list_cases(
         request: Request,
         principal: Principal = as_lister,
@@ -291,6 +299,10 @@ def build_api(service: IntakeService, auth: Authenticator, *,
             query = parse_case_query(request.query_params, service.clock.now())
         except DomainError as exc:
             raise http_error(exc) from None
+        if principal.role is Role.resident:
+            # Any filter, but over their own reports only.
+            return page_json(await fetch_page(service.pool, service.schema, query,
+                                              resident=principal.subject))
         query = scoped_query(service.district, principal, query)
         return page_json(await service.query_cases(query))
 

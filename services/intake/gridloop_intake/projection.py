@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS cases (
     category_code     text,
     severity          text,
     channel           text,
+    reported_by       text,
+    reporter_kind     text,
     description       text,
     lat               double precision,
     lon               double precision,
@@ -57,10 +59,15 @@ CREATE INDEX IF NOT EXISTS cases_community ON cases (community, reported_at DESC
 CREATE INDEX IF NOT EXISTS cases_unit ON cases (unit_code, reported_at DESC);
 CREATE INDEX IF NOT EXISTS cases_category ON cases (category_code, reported_at DESC);
 CREATE INDEX IF NOT EXISTS cases_next_due ON cases (next_due) WHERE next_due IS NOT NULL;
+-- A register made before reporters were recorded gains the columns; its rows fill on a rebuild.
+ALTER TABLE cases ADD COLUMN IF NOT EXISTS reported_by text;
+ALTER TABLE cases ADD COLUMN IF NOT EXISTS reporter_kind text;
+CREATE INDEX IF NOT EXISTS cases_reported_by ON cases (reported_by, reported_at DESC);
 """
 
 # Columns only some events carry keep their value when a later event has none to give.
-_KEPT = ("channel", "description", "lat", "lon", "address", "compound", "resolution")
+_KEPT = ("channel", "reported_by", "reporter_kind", "description", "lat", "lon", "address",
+         "compound", "resolution")
 
 
 class IntakeProjection(CaseProjection):

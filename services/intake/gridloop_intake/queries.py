@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -11,15 +12,20 @@ from .domain.listing import CasePage, CaseQuery, Cursor
 from .domain.views import CaseView
 
 OPEN = ("reported", "triage", "dispatched", "accepted", "reopened")
+RESIDENT = "resident"  # ActorKind.resident, as the register stores it
 
 
-def where_clause(q: CaseQuery) -> tuple[str, list[Any]]:
+def where_clause(q: CaseQuery, resident: str | None = None) -> tuple[str, list[Any]]:
+    """`resident`: only the cases that resident (a token subject) reported."""
     parts = ["reported_at IS NOT NULL"]
     args: list[Any] = []
 
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
+
+    if resident is not None:
+        parts.append(f"reported_by = {arg(resident)} AND reporter_kind = {arg(RESIDENT)}")
 
     if q.statuses:
         parts.append(f"status = ANY({arg(list(q.statuses))}::text[])")
@@ -56,9 +62,10 @@ def _view(r: asyncpg.Record) -> CaseView:
     )
 
 
-async def fetch_page(pool: asyncpg.Pool, schema: str, q: CaseQuery) -> CasePage:
+async def fetch_page(pool: asyncpg.Pool, schema: str, q: CaseQuery, *,
+                     resident: str | None = None) -> CasePage:
     table = f"{check_schema(schema)}.cases"
-    where, args = where_clause(q)
+    where, args = where_clause(q, resident)
     async with pool.acquire() as conn:
         total = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args)
         page_where = where
@@ -78,3 +85,15 @@ async def fetch_page(pool: asyncpg.Pool, schema: str, q: CaseQuery) -> CasePage:
     cursor = Cursor(items[-1].reported_at, items[-1].case_id).encode() if more and items else None
     return CasePage(items=items, total=int(total), limit=q.limit, offset=q.offset,
                     next_cursor=cursor)
+
+
+async def reported_by_resident(pool: asyncpg.Pool, schema: str, resident: str,
+                               case_ids: Sequence[str]) -> set[str]:
+    """Which of `case_ids` the resident reported, by the register."""
+    if not case_ids:
+        return set()
+    rows = await pool.fetch(
+        f"SELECT case_id FROM {check_schema(schema)}.cases WHERE case_id = ANY($1::text[]) "
+        f"AND reported_by = $2 AND reporter_kind = $3",
+        list(case_ids), resident, RESIDENT)
+    return {r["case_id"] for r in rows}

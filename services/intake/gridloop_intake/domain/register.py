@@ -66,12 +66,17 @@ def state_columns(state: CaseState) -> dict[str, Any]:
 
 
 def event_columns(stored: StoredEvent) -> dict[str, Any]:
-    """Facts only an event's payload holds: the report's text and place, the latest resolution.
-    Never the reporter."""
+    """Facts only an event holds: the report's text and place, who reported it, the latest
+    resolution. Who reported it is the envelope's actor — a token subject, so a resident can
+    list their own cases — never the sealed contact in the payload."""
     p = stored.envelope.payload
     if isinstance(p, CaseReported):
         path = p.location.grid_path
+        actor = stored.envelope.actor
         return {
+            # The kind too: a resident's subject may equal a staff id from another directory.
+            "reported_by": actor.id,
+            "reporter_kind": actor.kind.value,
             "channel": p.channel.value,
             "description": p.description,
             "lat": p.location.lat,

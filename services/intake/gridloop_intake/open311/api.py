@@ -4,25 +4,43 @@ Every answer, refusals included, is in the format the path's extension names (.j
 a path or extension the spec does not know is a 404 in the spec's error format.
 
 Every call needs a bearer token. The GETs are the public view, open to every role (an external
-system's too); a request is posted by a resident, or by a grid worker or hotline operator within
-their area, exactly as on the native API.
+system's too): every case is listed, but what people wrote (description, address, resolution)
+reads as written only for those the native API lets read the case — its reporter, the unit it is
+with, staff of its area, auditors — and with contact details masked for everyone else. A request
+is posted by a resident, or by a grid worker or hotline operator within their area, exactly as on
+the native API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
-from gridloop_events.auth import EVERYONE, Authenticator, AuthRefused, Principal
+from gridloop_events.auth import (
+    EVERYONE,
+    Authenticator,
+    AuthRefused,
+    CaseFacts,
+    Principal,
+    Role,
+    Verdict,
+    may_see,
+)
 from gridloop_events.http import DomainError, correlation_id
 from gridloop_events.lifecycle import OPEN_STATUSES
 from gridloop_events.logging import get_logger
+from gridloop_events.vocabulary import Tier
 
 from ..api import REPORTERS, authorize_report
 from ..domain.commands import ReportRejected
 from ..domain.listing import MAX_LIMIT as REGISTER_PAGE
+from ..domain.timeline import case_view_from_history
+from ..domain.views import CaseView
+from ..queries import reported_by_resident
+from ..reporting import CASE_ID_PATTERN
 from . import catalogue
 from .documents import (
     Format,
@@ -123,6 +141,27 @@ async def _find(service: IntakeService, query: RequestQuery) -> list[Any]:
     return found
 
 
+def _facts(view: CaseView, reporter: Principal | None) -> CaseFacts:
+    """What the access rules need of a register row; `reporter`: the caller, when the register
+    says they reported it."""
+    return CaseFacts(view.case_id, view.district or "", view.grid_code, view.unit_code,
+                     Tier(view.tier) if view.tier else None,
+                     reporter.actor() if reporter else None)
+
+
+async def _readable(service: IntakeService, principal: Principal,
+                    views: Sequence[CaseView]) -> set[str]:
+    """The cases among `views` whose free text the caller may read as written: those the
+    native API would show them (may_see)."""
+    own: set[str] = set()
+    if principal.role is Role.resident:
+        own = await reported_by_resident(service.pool, service.schema, principal.subject,
+                                         [v.case_id for v in views])
+    return {v.case_id for v in views
+            if may_see(principal, _facts(v, principal if v.case_id in own else None))
+            is Verdict.allow}
+
+
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # A full form (4,000-character description, names, address, URL) percent-encoded stays far below.
 MAX_FORM_BYTES = 100_000
@@ -165,6 +204,7 @@ def build_router(service: IntakeService, auth: Authenticator) -> APIRouter:
     """GeoReport v2 over the intake service: its district, clock, report, case_view, list_cases."""
     router = APIRouter(prefix=PREFIX, tags=["open311"])
     public = [Depends(auth.allow(*EVERYONE))]
+    reader = Depends(auth.allow(*EVERYONE))
     reporter = Depends(auth.allow(*REPORTERS))
 
     @router.get("/services.{fmt}", dependencies=public)
@@ -201,24 +241,34 @@ def build_router(service: IntakeService, auth: Authenticator) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests.{fmt}", dependencies=public)
-    async def get_requests(fmt: str, request: Request) -> Response:
+    @router.get("/requests.{fmt}")
+    async def get_requests(fmt: str, request: Request,
+                           principal: Principal = reader) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
             query = parse_query(request.query_params, service.clock.now())
             views = await _find(service, query)
-            return render_requests(f, [request_doc(service.district, v) for v in views])
+            readable = await _readable(service, principal, views)
+            return render_requests(f, [
+                request_doc(service.district, v, free_text=v.case_id in readable)
+                for v in views])
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests/{service_request_id}.{fmt}", dependencies=public)
-    async def get_request(service_request_id: str, fmt: str, request: Request) -> Response:
+    @router.get("/requests/{service_request_id}.{fmt}")
+    async def get_request(service_request_id: str, fmt: str, request: Request,
+                          principal: Principal = reader) -> Response:
         async def produce(f: Format) -> Rendered:
             _check_jurisdiction(service, request.query_params)
-            view = await service.case_view(service_request_id)
-            if view is None:
+            known_shape = re.match(CASE_ID_PATTERN, service_request_id)
+            history = await service.store.read(service_request_id) if known_shape else []
+            facts = CaseFacts.from_history(history)
+            if facts is None:
                 raise not_found(f"service_request_id {service_request_id!r} not found")
-            return render_requests(f, [request_doc(service.district, view)])
+            # By the log, as the native API decides: the register may not have the case yet.
+            free_text = may_see(principal, facts) is Verdict.allow
+            return render_requests(f, [request_doc(
+                service.district, case_view_from_history(history), free_text=free_text)])
 
         return await _answer(request, fmt, produce)
 

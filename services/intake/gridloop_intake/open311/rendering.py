@@ -1,12 +1,19 @@
 """A case as a GeoReport service request. Built only from the public CaseView, which carries
-no reporter data, so no contact detail can reach a GET answer."""
+no reporter data, so no contact detail can reach a GET answer.
+
+The free text of a case (description, address, resolution) is shown as written only to those
+the native API shows it to — whoever may read the case (gridloop_events.auth.may_see). Anyone
+else gets the public view's text: phone numbers, id numbers and e-mail addresses masked, exactly
+as on the public event stream."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gridloop_district import District, UnknownCodeError
 from gridloop_events.lifecycle import Status
+from gridloop_events.public_view import mask_contacts
 
 from .catalogue import service_name
 from .documents import PostedDoc, RequestDoc
@@ -37,28 +44,38 @@ def _agency(district: District, unit_code: str | None) -> str | None:
         return unit_code
 
 
-def _status_notes(view: Any) -> str | None:
+def _status_notes(view: Any, text: Callable[[str | None], str | None]) -> str | None:
     if view.status in CLOSED_STATUSES:
-        return view.resolution or view.outcome
+        return text(view.resolution) or view.outcome
     return _OPEN_NOTES.get(view.status)
 
 
-def request_doc(district: District, view: Any) -> RequestDoc:
-    """`view` is intake's CaseView."""
+def _as_written(value: str | None) -> str | None:
+    return value
+
+
+def _masked(value: str | None) -> str | None:
+    return mask_contacts(value) if value else value
+
+
+def request_doc(district: District, view: Any, *, free_text: bool = True) -> RequestDoc:
+    """`view` is intake's CaseView; `free_text`: the caller may read what people wrote as
+    written (the HTTP handlers always decide it per caller)."""
     status = open311_status(view.status)
+    text = _as_written if free_text else _masked
     return RequestDoc(
         service_request_id=view.case_id,
         status=status,
-        status_notes=_status_notes(view),
+        status_notes=_status_notes(view, text),
         service_name=service_name(district, view.category_code),
         service_code=view.category_code,
-        description=view.description,
+        description=text(view.description),
         agency_responsible=_agency(district, view.unit_code),
         service_notice=None,
         requested_datetime=view.reported_at,
         updated_datetime=view.updated_at,
         expected_datetime=view.resolve_due if status == "open" else None,
-        address=view.address,
+        address=text(view.address),
         address_id=view.grid_code,
         zipcode=None,
         lat=view.lat,
