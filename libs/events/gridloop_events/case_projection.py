@@ -8,8 +8,10 @@ of every event up to this one, at this event's sequence).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import fields, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ from .lifecycle import CaseState, Deadline, Status, evolve
 from .logging import get_logger
 from .store import EventStore
 from .vocabulary import DeadlineKind, Outcome, ProblemKind, Rating, Severity, Tier
+from .write_buffer import WriteBuffer
 
 log = get_logger(__name__)
 
@@ -102,14 +105,34 @@ async def load_state(conn: asyncpg.Connection, case_id: str) -> CaseState:
     return state_from_json(raw) if raw is not None else CaseState()
 
 
-async def save_state(conn: asyncpg.Connection, state: CaseState) -> None:
-    await conn.execute(
-        """INSERT INTO case_state (case_id, version, state) VALUES ($1, $2, $3::jsonb)
-           ON CONFLICT (case_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state""",
-        state.case_id,
-        state.version,
-        state_to_json(state),
+async def load_states(conn: asyncpg.Connection, case_ids: Sequence[str]) -> dict[str, CaseState]:
+    rows = await conn.fetch(
+        "SELECT case_id, state FROM case_state WHERE case_id = ANY($1::text[])", list(case_ids)
     )
+    return {r["case_id"]: state_from_json(r["state"]) for r in rows}
+
+
+async def save_states(conn: asyncpg.Connection, states: Iterable[CaseState]) -> None:
+    rows = [(s.case_id, s.version, state_to_json(s)) for s in states]
+    if not rows:
+        return
+    ids, versions, bodies = zip(*rows, strict=True)
+    await conn.execute(
+        """INSERT INTO case_state (case_id, version, state)
+           SELECT c, v, s::jsonb FROM unnest($1::text[], $2::bigint[], $3::text[]) AS t(c, v, s)
+           ON CONFLICT (case_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state""",
+        list(ids), list(versions), list(bodies),
+    )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One event as a projection applied it: the case's state before and after. `after` is None
+    for a copy of an event the case already holds (nothing was applied, nothing to react to)."""
+
+    stored: StoredEvent
+    before: CaseState
+    after: CaseState | None
 
 
 class CaseProjection:
@@ -120,6 +143,8 @@ class CaseProjection:
     schema: str = ""
     event_types: frozenset[str] | None = None
     tables: tuple[str, ...] = ("case_state",)
+    # Cases whose reactions run at the same time (each case's own reactions stay in order).
+    reaction_concurrency: int = 32
 
     def __init__(self, store: EventStore | None = None) -> None:
         self.store = store
@@ -131,40 +156,98 @@ class CaseProjection:
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         """DDL of the service's own read model (unqualified names; IF NOT EXISTS)."""
 
-    async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> CaseState | None:
-        before = await load_state(conn, stored.envelope.case_id)
-        if str(stored.envelope.event_id) in before.event_ids:
-            # A copy of an event already applied (its bytes republished under another message
-            # id): nothing for the read model nor for reactions; the fold only moves the
-            # version on. The audit names the copy.
-            log.warning("projection.duplicate_event", case_id=before.case_id,
-                        sequence=stored.sequence, event_id=str(stored.envelope.event_id),
-                        event_type=stored.envelope.event_type)
-            await save_state(conn, evolve(before, stored))
-            return None
-        after = evolve(before, stored)
-        await save_state(conn, after)
-        await self.on_event(conn, stored, before, after)
-        return after
+    async def apply(self, conn: asyncpg.Connection, stored: StoredEvent) -> Applied:
+        """One event on its own (a dead letter's retry, a poison hunt's savepoint)."""
+        return (await self.apply_batch(conn, [stored]))[0]
+
+    async def apply_batch(
+        self, conn: asyncpg.Connection, batch: Sequence[StoredEvent]
+    ) -> list[Applied]:
+        """Apply events in stream order: every case state of the batch read in one query, folded
+        in memory, the read model's statements buffered and pipelined, the states written back
+        in one statement. Same rows as applying the events one at a time."""
+        case_ids = list(dict.fromkeys(s.envelope.case_id for s in batch))
+        states = await load_states(conn, case_ids)
+        writer = WriteBuffer(conn)
+        await self.prepare_batch(writer, case_ids)
+        changed: dict[str, CaseState] = {}
+        out: list[Applied] = []
+        for stored in batch:
+            case_id = stored.envelope.case_id
+            before = states.get(case_id) or CaseState()
+            after = evolve(before, stored)
+            states[case_id] = changed[case_id] = after
+            if str(stored.envelope.event_id) in before.event_ids:
+                # A copy of an event already applied (its bytes republished under another
+                # message id): nothing for the read model nor for reactions; the fold only
+                # moves the version on. The audit names the copy.
+                log.warning("projection.duplicate_event", case_id=case_id,
+                            sequence=stored.sequence, event_id=str(stored.envelope.event_id),
+                            event_type=stored.envelope.event_type)
+                out.append(Applied(stored, before, None))
+                continue
+            writer.case = case_id
+            await self.on_event(writer, stored, before, after)
+            out.append(Applied(stored, before, after))
+        await self.finish_batch(writer)
+        await writer.flush()
+        await save_states(conn, changed.values())
+        return out
+
+    async def prepare_batch(self, writer: WriteBuffer, case_ids: Sequence[str]) -> None:
+        """Read, in one query into `writer.memo`, what `on_event` would otherwise read event by
+        event."""
+
+    async def finish_batch(self, writer: WriteBuffer) -> None:
+        """Write what `on_event` gathered in `writer.memo` (e.g. one row per case, not per event)."""
 
     async def on_event(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
     ) -> None:
         """Update the service's read model. Must use only the event and the states: a rebuild
-        has to come out identical, so no wall clock, no randomness."""
+        has to come out identical, so no wall clock, no randomness. `conn` buffers writes (see
+        WriteBuffer): statements must touch only this case's rows or commutative counters."""
 
-    def reactions(self, stored: StoredEvent, state: CaseState) -> list[Decide]:
+    def reactions(self, stored: StoredEvent, before: CaseState, after: CaseState) -> list[Decide]:
         """Decisions to run after this event (live only). Each returns events with ids derived
         from `stored`, so running one twice appends nothing new."""
         return []
 
     async def react(
-        self, conn: asyncpg.Connection, stored: StoredEvent, state: CaseState | None
+        self, conn: asyncpg.Connection, stored: StoredEvent, applied: Applied | None
     ) -> None:
-        if self.store is None or state is None:
+        if applied is not None:
+            await self.react_batch([applied])
+
+    async def react_batch(self, applied: Sequence[Applied]) -> None:
+        """Run the batch's reactions: cases side by side, each case's in stream order."""
+        store = self.store
+        if store is None:
             return
-        known: CaseState | None = state
-        for decide in self.reactions(stored, state):
-            outcome = await execute(self.store, state.case_id, decide, known=known)
-            # A later reaction must see what an earlier one appended: let it read the log.
-            known = None if outcome.events else known
+        per_case: dict[str, list[tuple[CaseState, list[Decide]]]] = {}
+        for a in applied:
+            if a.after is None:
+                continue
+            decides = self.reactions(a.stored, a.before, a.after)
+            if decides:
+                per_case.setdefault(a.after.case_id, []).append((a.after, decides))
+        if not per_case:
+            return
+        gate = asyncio.Semaphore(self.reaction_concurrency)
+
+        async def run(case_id: str, items: list[tuple[CaseState, list[Decide]]]) -> None:
+            async with gate:
+                for state, decides in items:
+                    known: CaseState | None = state
+                    for decide in decides:
+                        outcome = await execute(store, case_id, decide, known=known)
+                        # A later reaction must see what an earlier one appended: let it read.
+                        known = None if outcome.events else known
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for case_id, items in per_case.items():
+                    group.create_task(run(case_id, items))
+        except BaseExceptionGroup as failed:
+            # The runner tells outages from poison by the exception's class: hand it the first.
+            raise failed.exceptions[0] from None

@@ -70,8 +70,10 @@ async def _apply_chunk(
     """One transaction for the chunk. Savepoints per event only when a poison must be found:
     they cost two round trips an event, most of a replay's time otherwise."""
     count = 0
+    batch_apply = None if isolate else getattr(projection, "apply_batch", None)
     async with conn.transaction():
         await use_schema(conn, schema)
+        batch: list[StoredEvent] = []
         for seq, subject, data in pending:
             try:
                 envelope = decode(data, store.registry)
@@ -81,6 +83,9 @@ async def _apply_chunk(
             stored = StoredEvent(sequence=seq, subject=subject, envelope=envelope,
                                  content_hash=content_hash(data))
             count += 1
+            if batch_apply is not None:
+                batch.append(stored)
+                continue
             if not isolate:
                 await projection.apply(conn, stored)
                 continue
@@ -93,6 +98,9 @@ async def _apply_chunk(
                 await record_dead_letter(conn, projection.name, seq, subject,
                                          f"{type(exc).__name__}: {exc}",
                                          str(envelope.event_id), envelope.event_type)
+        if batch:
+            assert batch_apply is not None
+            await batch_apply(conn, batch)
         # Every partition has seen the log up to the chunk's end, whether it had events or not.
         await write_checkpoints(
             conn, projection.name, {p: pending[-1][0] for p in range(store.subjects.partitions)}

@@ -326,8 +326,9 @@ class ProjectionRunner:
             )
             checkpoints = {r["partition"]: int(r["last_sequence"]) for r in rows}
             advanced: dict[int, int] = {}
-            applied = skipped = dead = 0
+            skipped = dead = 0
             last = 0
+            todo: list[tuple[Msg, int]] = []
             for msg, p in zip(msgs, partitions, strict=True):
                 seq = msg.metadata.sequence.stream
                 last = max(last, seq)
@@ -338,25 +339,46 @@ class ProjectionRunner:
                 checkpoints[p] = seq
                 if types and subjects.parse(msg.subject)[2] not in types:
                     continue
-                outcome = await self._apply_one(conn, msg, seq, isolate)
-                if outcome == "dead":
-                    dead += 1
-                else:
-                    applied += 1
+                todo.append((msg, seq))
+            batch_apply = getattr(self.projection, "apply_batch", None)
+            if isolate or batch_apply is None:
+                for msg, seq in todo:
+                    if await self._apply_one(conn, msg, seq, isolate) == "dead":
+                        dead += 1
+            else:
+                events = []
+                for msg, seq in todo:
+                    stored = await self._decode(conn, msg, seq)
+                    if stored is None:
+                        dead += 1
+                    else:
+                        events.append(stored)
+                if events:
+                    applied_events = await batch_apply(conn, events)
+                    # Reactions run before the commit: a crash after them re-runs them on
+                    # redelivery, and their derived event ids make that a no-op. A rebuild
+                    # never calls them.
+                    await self.projection.react_batch(applied_events)  # type: ignore[attr-defined]
             await write_checkpoints(conn, name, advanced)
-        self.stats.applied += applied
+        self.stats.applied += len(todo) - dead
         self.stats.skipped += skipped
         self.stats.dead_lettered += dead
         return last
 
-    async def _apply_one(self, conn: asyncpg.Connection, msg: Msg, seq: int, isolate: bool) -> str:
+    async def _decode(self, conn: asyncpg.Connection, msg: Msg, seq: int) -> StoredEvent | None:
         try:
             envelope = decode(msg.data, self.store.registry)
         except CodecError as exc:
             await self._dead_letter(conn, msg, seq, f"undecodable: {exc}")
+            return None
+        return StoredEvent(sequence=seq, subject=msg.subject, envelope=envelope,
+                           content_hash=content_hash(msg.data))
+
+    async def _apply_one(self, conn: asyncpg.Connection, msg: Msg, seq: int, isolate: bool) -> str:
+        stored = await self._decode(conn, msg, seq)
+        if stored is None:
             return "dead"
-        stored = StoredEvent(sequence=seq, subject=msg.subject, envelope=envelope,
-                             content_hash=content_hash(msg.data))
+        envelope = stored.envelope
         if not isolate:
             await self._apply_and_react(conn, stored)
             return "applied"
@@ -379,8 +401,6 @@ class ProjectionRunner:
 
     async def _apply_and_react(self, conn: asyncpg.Connection, stored: StoredEvent) -> None:
         result = await self.projection.apply(conn, stored)
-        # Reactions run before the commit: a crash after them re-runs them on redelivery, and
-        # their derived event ids make that a no-op. A rebuild never calls them.
         react = getattr(self.projection, "react", None)
         if react is not None:
             await react(conn, stored, result)

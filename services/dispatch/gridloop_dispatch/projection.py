@@ -6,10 +6,9 @@ tables are a pure function of the log and a rebuild equals them row for row.
 
 from __future__ import annotations
 
-from uuid import UUID
-
 import asyncpg
 from gridloop_district import District
+from gridloop_events.case_projection import CaseProjection
 from gridloop_events.catalogue import (
     CaseAccepted,
     CaseDispatched,
@@ -18,12 +17,12 @@ from gridloop_events.catalogue import (
     DeadlineMissed,
     ExtensionDecided,
 )
-from gridloop_events.case_projection import CaseProjection
 from gridloop_events.commands import Decide
 from gridloop_events.envelope import Envelope, StoredEvent
 from gridloop_events.lifecycle import CaseState, Status
 from gridloop_events.logging import get_logger
 from gridloop_events.store import EventStore
+from gridloop_events.write_buffer import WriteBuffer
 
 from .domain.reactions import react
 
@@ -88,16 +87,13 @@ class DispatchProjection(CaseProjection):
         self.district = district
         if schema:
             self.schema = schema
-        self._before: tuple[UUID, CaseState] | None = None
 
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         await conn.execute(DDL)
 
     async def on_event(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
     ) -> None:
-        # The reaction to this event needs the state before it (was the missed deadline live?).
-        self._before = (stored.envelope.event_id, before)
         e = stored.envelope
         p = e.payload
         seq = stored.sequence
@@ -165,10 +161,8 @@ class DispatchProjection(CaseProjection):
         if after.status is not Status.triage:
             await conn.execute("DELETE FROM triage_queue WHERE case_id = $1", e.case_id)
 
-    def reactions(self, stored: StoredEvent, state: CaseState) -> list[Decide]:
-        before = CaseState()
-        if self._before is not None and self._before[0] == stored.envelope.event_id:
-            before = self._before[1]
+    def reactions(self, stored: StoredEvent, before: CaseState, after: CaseState) -> list[Decide]:
+        # `before` answers what the reaction must know of the past (was the missed deadline live?).
         district = self.district
 
         def decide(current: CaseState) -> list[Envelope]:

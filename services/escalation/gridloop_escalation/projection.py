@@ -7,13 +7,15 @@ all four tables.
 
 from __future__ import annotations
 
-import asyncpg
+from collections.abc import Sequence
 
+import asyncpg
 from gridloop_events.case_projection import CaseProjection
 from gridloop_events.catalogue import CaseAccepted, DeadlineMissed
 from gridloop_events.envelope import StoredEvent
 from gridloop_events.lifecycle import CaseState
 from gridloop_events.vocabulary import DeadlineKind
+from gridloop_events.write_buffer import WriteBuffer
 
 from .domain.overdue import OverdueCase, overdue_after
 from .domain.report_in import EscalationDispatch, escalation_dispatch, reported_in
@@ -79,6 +81,10 @@ CREATE TABLE IF NOT EXISTS report_in (
 );
 """
 
+_DISPATCH_COLUMNS = (
+    "dispatch_id, case_id, unit_code, tier, escalation_level, dispatched_at, accept_due, "
+    "accepted_at, on_time"
+)
 _OVERDUE_COLUMNS = (
     "case_id, district, unit_code, tier, escalation_level, status, missed_count, "
     "first_missed_at, last_missed_at, last_missed_kind, last_deadline_id"
@@ -99,16 +105,35 @@ class EscalationProjection(CaseProjection):
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         await conn.execute(DDL)
 
+    async def prepare_batch(self, writer: WriteBuffer, case_ids: Sequence[str]) -> None:
+        # The rows on_event compares with, read once per batch and kept current in memory.
+        overdue = await writer.fetch(
+            f"SELECT {_OVERDUE_COLUMNS} FROM overdue_case WHERE case_id = ANY($1::text[])",
+            case_ids,
+        )
+        writer.memo["overdue"] = {
+            r["case_id"]: OverdueCase(
+                **{**dict(r), "last_missed_kind": DeadlineKind(r["last_missed_kind"])})
+            for r in overdue
+        }
+        dispatches = await writer.fetch(
+            f"SELECT {_DISPATCH_COLUMNS} FROM escalation_dispatch WHERE case_id = ANY($1::text[])",
+            case_ids,
+        )
+        writer.memo["dispatches"] = {
+            r["dispatch_id"]: EscalationDispatch(**dict(r)) for r in dispatches
+        }
+
     async def on_event(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
     ) -> None:
         await self._timers(conn, stored, timer_changes(before, after, stored.envelope))
         if before.missed or isinstance(stored.envelope.payload, DeadlineMissed):
-            # No miss yet means no overdue row: skip the read for the common case.
+            # No miss yet means no overdue row: skip the work for the common case.
             await self._overdue(conn, stored, after)
         await self._report_in(conn, stored, before)
 
-    async def _timers(self, conn: asyncpg.Connection, stored: StoredEvent,
+    async def _timers(self, conn: WriteBuffer, stored: StoredEvent,
                       changes: TimerChanges) -> None:
         if changes.started:
             await conn.executemany(
@@ -143,20 +168,16 @@ class EscalationProjection(CaseProjection):
                 deadline_id, stored.envelope.occurred_at,
             )
 
-    async def _overdue(self, conn: asyncpg.Connection, stored: StoredEvent,
-                       after: CaseState) -> None:
-        row = await conn.fetchrow(
-            f"SELECT {_OVERDUE_COLUMNS} FROM overdue_case WHERE case_id = $1", after.case_id
-        )
-        prev = None
-        if row is not None:
-            prev = OverdueCase(**{**dict(row),
-                                  "last_missed_kind": DeadlineKind(row["last_missed_kind"])})
+    async def _overdue(self, conn: WriteBuffer, stored: StoredEvent, after: CaseState) -> None:
+        known: dict[str, OverdueCase] = conn.memo["overdue"]
+        prev = known.get(after.case_id)
         entry = overdue_after(prev, stored.envelope, after)
         if entry is None:
             if prev is not None:
+                del known[after.case_id]
                 await conn.execute("DELETE FROM overdue_case WHERE case_id = $1", after.case_id)
             return
+        known[after.case_id] = entry
         await conn.execute(
             f"""INSERT INTO overdue_case ({_OVERDUE_COLUMNS})
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -172,38 +193,34 @@ class EscalationProjection(CaseProjection):
             entry.last_missed_kind.value, entry.last_deadline_id,
         )
 
-    async def _report_in(self, conn: asyncpg.Connection, stored: StoredEvent,
-                         before: CaseState) -> None:
+    async def _report_in(self, conn: WriteBuffer, stored: StoredEvent, before: CaseState) -> None:
         event = stored.envelope
+        known: dict[str, EscalationDispatch] = conn.memo["dispatches"]
         whistle = escalation_dispatch(event)
         if whistle is not None:
-            inserted = await conn.fetchval(
+            if whistle.dispatch_id in known:
+                return  # counted when it was first applied
+            known[whistle.dispatch_id] = whistle
+            await conn.execute(
                 """INSERT INTO escalation_dispatch (dispatch_id, case_id, unit_code, tier,
                        escalation_level, dispatched_at, accept_due)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
-                   ON CONFLICT (dispatch_id) DO NOTHING RETURNING true""",
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 whistle.dispatch_id, whistle.case_id, whistle.unit_code, whistle.tier,
                 whistle.escalation_level, whistle.dispatched_at, whistle.accept_due,
             )
-            if inserted:
-                await conn.execute(
-                    """INSERT INTO report_in (unit_code, tier, dispatched) VALUES ($1, $2, 1)
-                       ON CONFLICT (unit_code) DO UPDATE
-                       SET dispatched = report_in.dispatched + 1, tier = EXCLUDED.tier""",
-                    whistle.unit_code, whistle.tier,
-                )
+            await conn.execute(
+                """INSERT INTO report_in (unit_code, tier, dispatched) VALUES ($1, $2, 1)
+                   ON CONFLICT (unit_code) DO UPDATE
+                   SET dispatched = report_in.dispatched + 1, tier = EXCLUDED.tier""",
+                whistle.unit_code, whistle.tier,
+            )
             return
         if not isinstance(event.payload, CaseAccepted) or before.last_dispatch_id is None:
             return
-        row = await conn.fetchrow(
-            """SELECT dispatch_id, case_id, unit_code, tier, escalation_level, dispatched_at,
-                      accept_due, accepted_at, on_time
-               FROM escalation_dispatch WHERE dispatch_id = $1""",
-            before.last_dispatch_id,
-        )
-        answered = reported_in(before, event, EscalationDispatch(**dict(row)) if row else None)
+        answered = reported_in(before, event, known.get(before.last_dispatch_id))
         if answered is None:
             return
+        known[answered.dispatch_id] = answered
         await conn.execute(
             "UPDATE escalation_dispatch SET accepted_at = $2, on_time = $3 WHERE dispatch_id = $1",
             answered.dispatch_id, answered.accepted_at, answered.on_time,

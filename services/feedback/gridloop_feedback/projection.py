@@ -8,7 +8,7 @@ states go in, so a rebuild equals the live tables row for row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 from gridloop_events.case_projection import CaseProjection
@@ -24,8 +24,15 @@ from gridloop_events.envelope import StoredEvent
 from gridloop_events.lifecycle import CaseState
 from gridloop_events.store import EventStore
 from gridloop_events.vocabulary import DeadlineKind
+from gridloop_events.write_buffer import WriteBuffer
 
-from .domain import CallbackLimits, closure_timing, is_resolved, report_month, schedule_callback
+from .domain import (
+    CallbackLimits,
+    closure_timing,
+    is_resolved,
+    report_month,
+    schedule_callback,
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS feedback_case (
@@ -142,13 +149,30 @@ class FeedbackProjection(CaseProjection):
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         await conn.execute(DDL)
 
-    def reactions(self, stored: StoredEvent, state: CaseState) -> list[Decide]:
+    def reactions(self, stored: StoredEvent, before: CaseState, after: CaseState) -> list[Decide]:
         if isinstance(stored.envelope.payload, CaseClosed):
-            return [schedule_callback(stored, state, self.limits)]
+            return [schedule_callback(stored, after, self.limits)]
         return []
 
+    async def prepare_batch(self, writer: WriteBuffer, case_ids: Sequence[str]) -> None:
+        # The unit that closed each round (a rating is attributed to it), kept current in memory.
+        rows = await writer.fetch(
+            """SELECT DISTINCT ON (case_id, round) case_id, round, unit_code FROM closure
+               WHERE case_id = ANY($1::text[])
+               ORDER BY case_id, round, closed_at DESC, event_id DESC""",
+            case_ids,
+        )
+        writer.memo["closers"] = {(r["case_id"], r["round"]): r["unit_code"] for r in rows}
+        writer.memo["cases"] = {}
+
+    async def finish_batch(self, writer: WriteBuffer) -> None:
+        # One row per case and batch: the latest state's.
+        for case_id, state in writer.memo["cases"].items():
+            writer.case = case_id
+            await self._save_case(writer, state)
+
     async def on_event(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
     ) -> None:
         e = stored.envelope
         p = e.payload
@@ -156,13 +180,15 @@ class FeedbackProjection(CaseProjection):
         match p:
             case CaseClosed():
                 timing = closure_timing(before, e.occurred_at)
+                closer = p.unit_code or before.unit_code
+                conn.memo["closers"][(e.case_id, after.close_count)] = closer
                 await conn.execute(
                     """INSERT INTO closure (event_id, case_id, round, closed_at, outcome,
                            unit_code, resolve_due, timed, on_time)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                        ON CONFLICT (event_id) DO NOTHING""",
                     eid, e.case_id, after.close_count, e.occurred_at, p.outcome.value,
-                    p.unit_code or before.unit_code, timing.resolve_due, timing.timed,
+                    closer, timing.resolve_due, timing.timed,
                     timing.on_time,
                 )
             case CaseDispatched() if p.escalation:
@@ -203,20 +229,16 @@ class FeedbackProjection(CaseProjection):
                    WHERE case_id = $1 AND state = 'due'""",
                 e.case_id, e.occurred_at,
             )
-        await self._save_case(conn, after)
+        conn.memo["cases"][after.case_id] = after
 
     async def _record_rating(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
     ) -> None:
         e = stored.envelope
         p = e.payload
         assert isinstance(p, CallbackRated)
         round_ = after.close_count
-        closing_unit = await conn.fetchval(
-            "SELECT unit_code FROM closure WHERE case_id = $1 AND round = $2 "
-            "ORDER BY closed_at DESC, event_id DESC LIMIT 1",
-            e.case_id, round_,
-        )
+        closing_unit = conn.memo["closers"].get((e.case_id, round_))
         await conn.execute(
             """INSERT INTO callback_rating (event_id, case_id, round, rated_at, rating,
                    handled_lawfully, measures_carried_out, party_accepts, method, comment,
@@ -233,7 +255,7 @@ class FeedbackProjection(CaseProjection):
             e.case_id, round_, e.occurred_at,
         )
 
-    async def _save_case(self, conn: asyncpg.Connection, s: CaseState) -> None:
+    async def _save_case(self, conn: WriteBuffer, s: CaseState) -> None:
         await conn.execute(
             """INSERT INTO feedback_case (case_id, district, grid, category, severity,
                    reported_at, report_month, unit_code, outcome, close_count, resolved)
