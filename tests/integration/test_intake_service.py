@@ -18,6 +18,7 @@ from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.catalogue import CaseDispatched, CaseReported, Deadlines, DeadlineMissed
 from gridloop_events.clock import FixedClock
 from gridloop_events.envelope import Actor
+from gridloop_events.projection import ensure_schema
 from gridloop_events.rebuild import rebuild, table_checksum
 from gridloop_events.service import ServiceSettings
 from gridloop_events.vocabulary import DeadlineKind, ProblemKind, Tier
@@ -341,3 +342,81 @@ async def test_grids_and_categories_come_from_the_district(settings) -> None:  #
         assert cats["other"]["code"] == "OTHER"
 
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_the_register_records_who_reported_and_a_resident_lists_only_theirs(settings) -> None:  # type: ignore[no-untyped-def]
+    def resident(sub: str) -> dict[str, str]:
+        return Issuer(KEY).headers("resident", sub=sub)
+
+    clock = FixedClock(T0)
+    async with running(settings, clock) as (service, client):
+        async def post(headers: dict[str, str], **changes: Any) -> str:
+            r = await client.post("/v1/cases", json=report(**changes), headers=headers)
+            assert r.status_code == 201, r.text
+            clock.advance(timedelta(minutes=1))
+            return r.json()["case_id"]
+
+        first = await post(resident("res-1"), channel="app")
+        second = await post(resident("res-1"), channel="app", category_code="CM-0102")
+        neighbour = await post(resident("res-2"), channel="app")
+        # Staff whose id reads like a resident's subject: their report is not that resident's.
+        staff = Issuer(KEY).headers("dispatcher", DISTRICT.code, sub="res-1")
+        taken = await post(staff)
+        # A later event carries no reporter: the register keeps the one the report named.
+        [reported] = await service.store.read(first)
+        d = reported.envelope.caused(
+            CaseDispatched(unit_code="GT-A", tier=Tier.grid, kind=ProblemKind.general,
+                           dispatcher="dispatch", reason="r",
+                           deadlines=Deadlines(accept_due=T0 + timedelta(minutes=1),
+                                               resolve_due=T0 + timedelta(days=1))),
+            actor=Actor.system("dispatch"), purpose="dispatch")
+        await service.store.append(first, [d], reported.sequence)
+        await wait_register(service)
+
+        async with service.pool.acquire() as conn:
+            rows = {r["case_id"]: (r["reported_by"], r["reporter_kind"]) for r in await conn.fetch(
+                "SELECT case_id, reported_by, reporter_kind FROM intake.cases")}
+        assert rows == {first: ("res-1", "resident"), second: ("res-1", "resident"),
+                        neighbour: ("res-2", "resident"), taken: ("res-1", "operator")}
+
+        async def listed(headers: dict[str, str], **params: Any) -> tuple[list[str], int]:
+            r = await client.get("/v1/cases", params=params, headers=headers)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert not any({"reported_by", "reporter_kind"} & set(i) for i in body["items"])
+            return [i["case_id"] for i in body["items"]], body["total"]
+
+        assert await listed(resident("res-1")) == ([second, first], 2)
+        assert await listed(resident("res-2")) == ([neighbour], 1)
+        assert await listed(resident("res-3")) == ([], 0)
+        assert await listed(resident("res-1"), status="dispatched") == ([first], 1)
+        assert await listed(resident("res-1"), category="CM-0102") == ([second], 1)
+        page = (await client.get("/v1/cases", params={"limit": 1},
+                                 headers=resident("res-1"))).json()
+        assert [i["case_id"] for i in page["items"]] == [second] and page["next_cursor"]
+        page = (await client.get("/v1/cases", params={"limit": 1, "cursor": page["next_cursor"]},
+                                 headers=resident("res-1"))).json()
+        assert [i["case_id"] for i in page["items"]] == [first] and page["next_cursor"] is None
+        # The operator lists the district as before, the staff report among them.
+        ids, total = await listed(OPERATOR)
+        assert set(ids) == {first, second, neighbour, taken} and total == 4
+
+        # A register made before reporters were recorded gains the columns on start.
+        projection = service.runtime.projections[0]
+        async with service.pool.acquire() as conn:
+            await conn.execute("ALTER TABLE intake.cases DROP COLUMN reported_by, "
+                               "DROP COLUMN reporter_kind")
+            await ensure_schema(conn, projection, "intake")  # what a starting service runs
+            columns = {r["column_name"] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'intake' AND table_name = 'cases'")}
+        assert {"reported_by", "reporter_kind"} <= columns
+
+        # And a rebuild from the log fills them exactly as the live projection did.
+        copy = await rebuild(service.pool, service.store, projection, projection.tables,
+                             to_sequence=await service.store.last_sequence(),
+                             target_schema="intake_check")
+        async with service.pool.acquire() as conn:
+            rebuilt = {r["case_id"]: (r["reported_by"], r["reporter_kind"]) for r in await conn.fetch(
+                "SELECT case_id, reported_by, reporter_kind FROM intake_check.cases")}
+        assert copy.events >= 5 and rebuilt == rows

@@ -313,3 +313,57 @@ async def test_a_retried_post_with_the_same_idempotency_key_names_one_case(env: 
                                   headers=headers)
     assert_error(other, "xml", 409, "Idempotency-Key")
     assert json.loads(first.content)[0]["service_notice"]
+
+
+# --- who reads the free text as written -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_free_text_reads_as_written_only_for_those_who_may_read_the_case(env: Env) -> None:
+    # given a resident's request whose text carries a phone number, a landline and an e-mail
+    phone, landline = "13912345678", "021-62345678"
+    r = await env.post(description=f"Bins overflowing, call me on {phone}",
+                       address_string=f"Gate 2, tel {landline}")
+    case_id = r.json()[0]["service_request_id"]
+    await env.caught_up()
+    issuer = Issuer(KEY)
+    community = DISTRICT.community_of(GRID.code).code
+    other = next(g for g in DISTRICT.grids
+                 if DISTRICT.community_of(g.code).code != community)
+    callers = {
+        "the reporter": (RESIDENT_APP, True),
+        "an auditor": (issuer.headers("auditor", sub="a-1"), True),
+        "a dispatcher of the case's community": (
+            issuer.headers("dispatcher", [community], sub="d-1"), True),
+        "a grid worker of its grid": (issuer.headers("grid_worker", [GRID.code], sub="g-1"),
+                                      True),
+        "another resident": (issuer.headers("resident", sub="resident-acct-2"), False),
+        "an external system": (issuer.headers("integration", sub="city-app"), False),
+        "a dispatcher of another community": (
+            issuer.headers("dispatcher", [DISTRICT.community_of(other.code).code], sub="d-2"),
+            False),
+        "a grid worker of another grid": (
+            issuer.headers("grid_worker", [other.code], sub="g-2"), False),
+    }
+    for who, (headers, as_written) in callers.items():
+        # the native API's answer decides, and Open311 agrees with it
+        native = await env.client.get(f"/v1/cases/{case_id}", headers=headers)
+        assert (native.status_code == 200 and "description" in native.json()) is as_written, who
+        one = await env.client.get(f"{BASE}/requests/{case_id}.json", headers=headers)
+        many = await env.client.get(f"{BASE}/requests.json", headers=headers,
+                                    params={"service_request_id": case_id})
+        xml = await env.client.get(f"{BASE}/requests/{case_id}.xml", headers=headers)
+        for response in (one, many, xml):
+            assert response.status_code == 200, (who, response.text)
+        [row] = one.json()
+        assert many.json() == [row], who
+        assert xml_of(xml)[0].findtext("description") == row["description"], who
+        if as_written:
+            assert phone in row["description"] and landline in row["address"], who
+        else:
+            assert row["description"] == "Bins overflowing, call me on ***", who
+            assert row["address"] == "Gate 2, tel ***", who
+            for body in (one.text, many.text, xml.text):
+                assert phone not in body and landline not in body, who
+        # what is not free text reads the same for everyone
+        assert (row["status"], row["address_id"], row["lat"]) == ("open", GRID.code, GRID.lat)
