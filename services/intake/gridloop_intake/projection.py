@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
 import asyncpg
 from gridloop_events.case_projection import CaseProjection
 from gridloop_events.envelope import StoredEvent
 from gridloop_events.lifecycle import CaseState
+from gridloop_events.write_buffer import WriteBuffer
 
 from .domain.register import event_columns, overdue_since, state_columns
 
@@ -83,27 +88,46 @@ class IntakeProjection(CaseProjection):
     async def create_service_tables(self, conn: asyncpg.Connection) -> None:
         await conn.execute(REGISTER_DDL)
 
-    async def on_event(
-        self, conn: asyncpg.Connection, stored: StoredEvent, before: CaseState, after: CaseState
-    ) -> None:
-        current = await conn.fetchval(
-            "SELECT overdue_since FROM cases WHERE case_id = $1", after.case_id
+    async def prepare_batch(self, writer: WriteBuffer, case_ids: Sequence[str]) -> None:
+        rows = await writer.fetch(
+            "SELECT case_id, overdue_since FROM cases WHERE case_id = ANY($1::text[])", case_ids
         )
+        writer.memo["overdue"] = {r["case_id"]: r["overdue_since"] for r in rows}
+        writer.memo["rows"] = {}
+
+    async def on_event(
+        self, conn: WriteBuffer, stored: StoredEvent, before: CaseState, after: CaseState
+    ) -> None:
+        overdue: dict[str, datetime | None] = conn.memo["overdue"]
+        since = overdue[after.case_id] = overdue_since(overdue.get(after.case_id), stored, before)
         row = {
             **state_columns(after),
-            "overdue_since": overdue_since(current, stored, before),
+            "overdue_since": since,
             **{k: None for k in _KEPT},
             **event_columns(stored),
         }
-        names = list(row)
+        # One write per case and batch: the latest row, each kept column at its latest value.
+        rows: dict[str, dict[str, Any]] = conn.memo["rows"]
+        earlier = rows.get(after.case_id)
+        if earlier is not None:
+            for k in _KEPT:
+                if row[k] is None:
+                    row[k] = earlier[k]
+        rows[after.case_id] = row
+
+    async def finish_batch(self, writer: WriteBuffer) -> None:
+        rows: dict[str, dict[str, Any]] = writer.memo["rows"]
+        if not rows:
+            return
+        names = list(next(iter(rows.values())))
         placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
         updates = ", ".join(
             f"{n} = COALESCE(EXCLUDED.{n}, cases.{n})" if n in _KEPT else f"{n} = EXCLUDED.{n}"
             for n in names
             if n != "case_id"
         )
-        await conn.execute(
-            f"INSERT INTO cases ({', '.join(names)}) VALUES ({placeholders}) "
-            f"ON CONFLICT (case_id) DO UPDATE SET {updates}",
-            *row.values(),
-        )
+        sql = (f"INSERT INTO cases ({', '.join(names)}) VALUES ({placeholders}) "
+               f"ON CONFLICT (case_id) DO UPDATE SET {updates}")
+        for case_id, row in rows.items():
+            writer.case = case_id
+            await writer.execute(sql, *(row[n] for n in names))
