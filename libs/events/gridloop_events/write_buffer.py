@@ -12,7 +12,7 @@ because a case projection's statements touch rows of their own case only, or add
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,7 +37,8 @@ class WriteBuffer:
     def _add(self, sql: str, args: Sequence[Any]) -> None:
         after = self._last.get(self.case, -1)
         positions = self._positions.setdefault(sql, [])
-        i = bisect_right(positions, after)
+        # The case's own latest group qualifies too: a group's rows run in the order added.
+        i = bisect_left(positions, after)
         if i < len(positions):
             index = positions[i]
         else:
