@@ -596,8 +596,16 @@ async def test_a_resident_lists_their_own_reports_only(sut: System) -> None:
         assert page["items"], name
         assert not any({"reported_by", "reporter_kind"} & set(i) for i in page["items"]), name
         assert '"r-in"' not in json.dumps(page["items"]), name
+    # Nor in a case's timeline: the resident sees their own account there, staff "resident".
+    r = await intake.get(f"/v1/cases/{mine}", headers=by["resident.in"])
+    assert r.json()["timeline"][0]["actor"] == {"kind": "resident", "id": "r-in"}
+    for name in ("grid_worker.in", "unit_handler.in", "dispatcher.in", "auditor"):
+        r = await intake.get(f"/v1/cases/{mine}", headers=by[name])
+        assert r.json()["timeline"][0]["actor"] == {"kind": "resident", "id": "resident"}, name
+        assert '"r-in"' not in r.text, name
+    r = await intake.get(f"/v1/cases/{namesake}", headers=by["grid_worker.in"])
+    assert r.json()["timeline"][0]["actor"] == {"kind": "grid_worker", "id": "r-out"}
     # A single read checks the reporter the same way: by the log.
-    assert (await intake.get(f"/v1/cases/{mine}", headers=by["resident.in"])).status_code == 200
     for other in (mine, namesake):
         r = await intake.get(f"/v1/cases/{other}", headers=by["resident.out"])
         assert r.status_code == 404, other

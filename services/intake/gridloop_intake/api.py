@@ -30,8 +30,10 @@ from gridloop_events.auth import (
     may_supervise,
     require_self,
 )
+from gridloop_events.envelope import ActorKind
 from gridloop_events.http import DomainError, correlation_id, http_error
 from gridloop_events.logging import get_logger
+from gridloop_events.public_view import RESIDENT_ACTOR_ID
 
 from .domain.commands import ReportCase, ReportRejected
 from .domain.listing import CasePage, CaseQuery, parse_case_query
@@ -62,19 +64,25 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def entry_json(e: TimelineEntry) -> dict[str, Any]:
+def entry_json(e: TimelineEntry, *, resident_ids: bool = True) -> dict[str, Any]:
+    """`resident_ids`: show a resident actor's account id; otherwise it reads "resident", as
+    in the public view — staff need to know a resident acted, not which account."""
+    actor_id = e.actor_id
+    if e.actor_kind == ActorKind.resident.value and not resident_ids:
+        actor_id = RESIDENT_ACTOR_ID
     return {
         "sequence": e.sequence,
         "event_id": e.event_id,
         "event_type": e.event_type,
         "occurred_at": _time(e.occurred_at),
-        "actor": {"kind": e.actor_kind, "id": e.actor_id},
+        "actor": {"kind": e.actor_kind, "id": actor_id},
         "caused_by": e.caused_by,
         "summary": e.summary,
     }
 
 
-def case_json(v: CaseView, *, with_timeline: bool) -> dict[str, Any]:
+def case_json(v: CaseView, *, with_timeline: bool, resident_ids: bool = False
+              ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "case_id": v.case_id,
         "status": v.status,
@@ -102,7 +110,7 @@ def case_json(v: CaseView, *, with_timeline: bool) -> dict[str, Any]:
         "status_url": f"/v1/cases/{v.case_id}",
     }
     if with_timeline:
-        out["timeline"] = [entry_json(e) for e in v.timeline]
+        out["timeline"] = [entry_json(e, resident_ids=resident_ids) for e in v.timeline]
     return out
 
 
@@ -288,7 +296,9 @@ def build_api(service: IntakeService, auth: Authenticator, *,
         if facts is None:
             raise unknown(case_id)
         enforce(may_see(principal, facts), lambda: unknown(case_id), "read")
-        return case_json(view, with_timeline=True)
+        # A resident reads only their own case: the resident ids in it are theirs.
+        return case_json(view, with_timeline=True,
+                         resident_ids=principal.role is Role.resident)
 
     @router.get("/v1/cases", description=LIST_DESCRIPTION)
     async def list_cases(

@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 PREFIX = "/open311/v2"
+FREE_TEXT_RULE = (
+    "Every case, to every signed-in caller. `description`, `address` and a closed case's "
+    "`status_notes` read as written only for those the native API lets read the case (its "
+    "reporter, the unit it is with, staff of its area, auditors); for anyone else phone numbers, "
+    "id numbers and e-mail addresses in them read `***`, as on the public event stream.")
 # The lifecycle statuses each Open311 status stands for, as the register filters on them.
 _CASE_STATUSES = {
     "open": tuple(sorted(s.value for s in OPEN_STATUSES)),
@@ -241,7 +246,7 @@ def build_router(service: IntakeService, auth: Authenticator) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests.{fmt}")
+    @router.get("/requests.{fmt}", description=FREE_TEXT_RULE)
     async def get_requests(fmt: str, request: Request,
                            principal: Principal = reader) -> Response:
         async def produce(f: Format) -> Rendered:
@@ -255,7 +260,7 @@ def build_router(service: IntakeService, auth: Authenticator) -> APIRouter:
 
         return await _answer(request, fmt, produce)
 
-    @router.get("/requests/{service_request_id}.{fmt}")
+    @router.get("/requests/{service_request_id}.{fmt}", description=FREE_TEXT_RULE)
     async def get_request(service_request_id: str, fmt: str, request: Request,
                           principal: Principal = reader) -> Response:
         async def produce(f: Format) -> Rendered:
