@@ -25,6 +25,7 @@ except ImportError:
     # Running from a checkout without `pip install -e libs/events`.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "libs" / "events"))
 
+from gridloop_events.deploy_security import Deployed, deployed_servers  # noqa: E402
 from gridloop_events.servers import (  # noqa: E402
     Servers,
     create_database,
@@ -56,6 +57,18 @@ def nats_url(servers: Servers) -> str:
 def database_url(servers: Servers) -> str:
     """Admin URL of the session's server (its default database)."""
     return servers.database_url
+
+
+@pytest.fixture
+def deployed(database_url: str, tmp_path: Path) -> Iterator[Deployed]:
+    """Servers configured as deployed, for running services as in a district: a nats-server of
+    this test's own with deploy/nats/accounts.conf and a new database with
+    deploy/postgres/init.sql's roles. Start service ``s`` with ``deployed.service_env()`` (its
+    own NATS user and role; the production subject prefix, so no ``fresh_stream_prefix``).
+    Harness code that inspects everything connects as ``deployed.nats_url_as("operator")``
+    and ``deployed.database_url_as("auditor")``."""
+    with deployed_servers(database_url, data_dir=tmp_path / "deployed-nats") as servers:
+        yield servers
 
 
 def _unique_name(request: pytest.FixtureRequest, max_slug: int) -> str:

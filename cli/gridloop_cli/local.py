@@ -16,6 +16,12 @@ from rich.table import Table
 
 from gridloop_events.auth_keys import ENV_KEY_DIR, KeyFolder
 from gridloop_events.crypto import dev_master_key_env
+from gridloop_events.deploy_security import (
+    Credentials,
+    adopt_schema_objects,
+    apply_roles,
+    nats_security_config,
+)
 from gridloop_events.servers import provide_servers, wait_service_ready
 from gridloop_events.service import DEFAULT_PORTS
 
@@ -40,6 +46,14 @@ def _ensure_database(admin_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+def _adopt_open_jetstream(nats_dir: Path) -> None:
+    """A folder from before the per-service users kept its streams in the default account;
+    under accounts.conf they belong to account GRIDLOOP, so move them there once."""
+    store = nats_dir / "jetstream"
+    if (store / "$G").is_dir() and not (store / "GRIDLOOP").exists():
+        (store / "$G").rename(store / "GRIDLOOP")
+
+
 def _gateway_module():  # type: ignore[no-untyped-def]
     """deploy/gateway/local.py of this checkout (deploy/ is configuration, not a package)."""
     import importlib.util
@@ -60,16 +74,32 @@ def up(
     postgres_port: int = typer.Option(55432, help="PostgreSQL port."),
     test_clock: bool = typer.Option(False, help="Let /v1/admin/clock move escalation's clock."),
     gateway_port: int = typer.Option(8080, help="The nginx gateway's port (when nginx exists)."),
+    least_privilege: bool = typer.Option(
+        True, help="Run each service as its own NATS user and database role from deploy/."),
 ) -> None:
     """Start the whole system on embedded defaults and the demo district; Ctrl-C stops it."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Servers we start get deploy/'s users and roles; servers given by URL are not ours to change.
+    secure_nats = least_privilege and not os.environ.get("NATS_URL")
+    secure_db = least_privilege and not os.environ.get("DATABASE_URL")
+    credentials = Credentials.local()
+    if secure_nats:
+        _adopt_open_jetstream(data_dir / "nats")
     with provide_servers(
         backend=os.environ.get("GRIDLOOP_SERVERS", "local") if not os.environ.get("NATS_URL") else None,
         data_root=data_dir,
         nats_port=nats_port,
         postgres_port=postgres_port,
+        # A connection without credentials is the operator's: the operator commands and a
+        # service started by hand keep working on this machine, while the four services
+        # started here log in as themselves.
+        nats_extra_config=nats_security_config(anonymous_as="operator") if secure_nats else "",
+        nats_env=credentials.nats_server_env() if secure_nats else None,
     ) as servers:
         database_url = _ensure_database(servers.database_url, "gridloop")
+        if secure_db:
+            apply_roles(database_url, credentials)
+            adopt_schema_objects(database_url)
         env = {
             **os.environ,
             "GRIDLOOP_NATS_URL": servers.nats_url,
@@ -86,6 +116,8 @@ def up(
         env.update(dev_master_key_env(data_dir, os.environ))
         if test_clock:
             env["GRIDLOOP_TEST_CLOCK"] = "1"
+        env.update(credentials.service_env(servers.nats_url if secure_nats else None,
+                                           database_url if secure_db else None))
         procs: dict[str, subprocess.Popen[bytes]] = {}
         procs_gateway: subprocess.Popen[bytes] | None = None
         gateway = None
@@ -119,6 +151,9 @@ def up(
                 table.add_row("gateway (nginx)", base, f"one base URL: {base}/v1/…")
             table.add_row("nats", servers.nats_url, "stream GRIDLOOP_CASES")
             table.add_row("postgres", database_url, "one schema per service")
+            if secure_nats or secure_db:
+                table.add_row("least privilege", "each service as its own user and role",
+                              "deploy/nats/accounts.conf, deploy/postgres/init.sql")
             console.print(table)
             console.print("Traffic: [bold]make simulate[/bold] in another terminal. "
                           "Ctrl-C stops everything.")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gridloop_events.auth_keys import Issuer, SigningKey
-from gridloop_events.deploy_security import Deployed, deployed_servers
+from gridloop_events.deploy_security import Deployed
 from gridloop_events.servers import find_free_port, wait_service_ready
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
@@ -82,12 +82,8 @@ def _inherited_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def system(database_url: str, tmp_path: Path) -> Iterator[System]:
-    with deployed_servers(database_url, data_dir=tmp_path / "nats") as deployed:
-        yield from _running_system(deployed, tmp_path / "logs")
-
-
-def _running_system(deployed: Deployed, log_dir: Path) -> Iterator[System]:
+def system(deployed: Deployed, tmp_path: Path) -> Iterator[System]:
+    log_dir = tmp_path / "logs"
     log_dir.mkdir()
     ports = {name: find_free_port() for name in SERVICES}
     env = {

@@ -14,7 +14,6 @@ import asyncpg
 import httpx
 import nats
 import pytest
-
 from gridloop_district import default_district
 from gridloop_events.store import EventStore
 
@@ -57,11 +56,12 @@ async def test_the_services_credentials_reach_no_further_than_their_own(system: 
     district = default_district()
     grid = district.grids[0]
     category = next(c for c in district.catalogue.items if c.kind.value == "general")
-    r = httpx.post(f"{system.url('intake')}/v1/cases", timeout=10,
-                   headers=system.headers("dispatcher", district.code, "op-lp"),
-                   json={"channel": "hotline", "category_code": category.code,
-                         "description": "井盖缺失", "location": {"grid_code": grid.code},
-                         "severity": "normal"})
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(f"{system.url('intake')}/v1/cases",
+                              headers=system.headers("dispatcher", district.code, "op-lp"),
+                              json={"channel": "hotline", "category_code": category.code,
+                                    "description": "井盖缺失",
+                                    "location": {"grid_code": grid.code}, "severity": "normal"})
     assert r.status_code == 201, r.text
     case_id = r.json()["case_id"]
 

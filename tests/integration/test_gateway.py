@@ -26,15 +26,13 @@ import pytest
 
 from gridloop_district import default_district
 from gridloop_events.auth_keys import Issuer, SigningKey
-from gridloop_events.servers import create_database, drop_database, find_free_port
-from gridloop_events.servers import nats_server_binary, wait_service_ready
+from gridloop_events.deploy_security import SERVICES, Deployed, deployed_servers
+from gridloop_events.servers import find_free_port, wait_service_ready
 from gridloop_events.store import EventStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from deploy import secure_local  # noqa: E402
 from deploy.gateway.local import Limits, Tls, nginx_binary, start_gateway, stop  # noqa: E402
 
-SERVICES = secure_local.SERVICES
 RESIDENT = {"name": "王五", "phone": "13800001111", "contact_note": "住5号楼"}
 
 
@@ -46,8 +44,7 @@ def _require_nginx() -> None:
 
 @dataclass
 class Stack:
-    nats_port: int
-    nats_passwords: dict[str, str]
+    deployed: Deployed
     ports: dict[str, int]
     procs: dict[str, subprocess.Popen[bytes]]
     log_dir: Path
@@ -65,8 +62,7 @@ class Stack:
         """The case's history as stored, read back by the operator user."""
 
         async def read() -> list[Any]:
-            url = secure_local.nats_url(self.nats_port, "operator", self.nats_passwords)
-            nc = await nats.connect(url)
+            nc = await nats.connect(self.deployed.nats_url_as("operator"))
             try:
                 return await EventStore(nc).read(case_id)
             finally:
@@ -84,52 +80,47 @@ def _wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], log: Path) 
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _require_nginx()
     root = tmp_path_factory.mktemp("deployed")
-    nats_passwords = secure_local.nats_password_env("gw-test")
-    nats_port = find_free_port()
-    node = secure_local.start_nats_node(
-        nats_server_binary(), root / "nats", port=nats_port, monitor_port=find_free_port(),
-        env=nats_passwords,
-    )
-    db_name = f"gw_{uuid.uuid4().hex[:12]}"
-    db_url = create_database(database_url, db_name)
-    db_passwords = secure_local.db_passwords("gw-test")
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        secure_local.apply_roles(db_url, db_passwords)
-        ports = {name: find_free_port() for name in SERVICES}
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("GRIDLOOP_", "NATS_URL", "DATABASE_URL"))}
-        env.update(secure_local.service_env(nats_port, nats_passwords, db_url, db_passwords, ports))
-        # As deployed: tokens are required and only the identity provider's key is trusted;
-        # intake seals residents' contacts with a master key of its own.
-        issuer = Issuer(SigningKey.generate("gw-test"))
-        env.update({
-            "GRIDLOOP_ENV": "production",
-            "GRIDLOOP_STREAM_REPLICAS": "1",
-            "GRIDLOOP_AUTH": "required",
-            "GRIDLOOP_JWT_PUBLIC_KEYS": issuer.trusted_keys_json(),
-            "GRIDLOOP_MASTER_KEYS": json.dumps({"k1": base64.b64encode(os.urandom(32)).decode()}),
-            "GRIDLOOP_MASTER_KEY_ID": "k1",
-        })
-        for name in SERVICES:
-            log = open(root / f"{name}.log", "ab")
-            procs[name] = subprocess.Popen([sys.executable, "-m", f"gridloop_{name}"], env=env,
-                                           stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-        for name in SERVICES:
-            _wait_ready(name, ports[name], procs[name], root / f"{name}.log")
-        yield Stack(nats_port, nats_passwords, ports, procs, root, issuer)
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        node.stop()
-        drop_database(database_url, db_name)
+    with deployed_servers(database_url, data_dir=root / "nats") as deployed:
+        try:
+            yield from _started(deployed, root, procs)
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _started(deployed: Deployed, root: Path, procs: dict[str, subprocess.Popen[bytes]]
+             ) -> Iterator[Stack]:
+    ports = {name: find_free_port() for name in SERVICES}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GRIDLOOP_", "NATS_URL", "DATABASE_URL"))}
+    env.update(deployed.service_env())
+    env.update({f"GRIDLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    # As deployed: tokens are required and only the identity provider's key is trusted;
+    # intake seals residents' contacts with a master key of its own.
+    issuer = Issuer(SigningKey.generate("gw-test"))
+    env.update({
+        "GRIDLOOP_ENV": "production",
+        "GRIDLOOP_STREAM_REPLICAS": "1",
+        "GRIDLOOP_AUTH": "required",
+        "GRIDLOOP_JWT_PUBLIC_KEYS": issuer.trusted_keys_json(),
+        "GRIDLOOP_MASTER_KEYS": json.dumps({"k1": base64.b64encode(os.urandom(32)).decode()}),
+        "GRIDLOOP_MASTER_KEY_ID": "k1",
+    })
+    for name in SERVICES:
+        log = open(root / f"{name}.log", "ab")
+        procs[name] = subprocess.Popen([sys.executable, "-m", f"gridloop_{name}"], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+    for name in SERVICES:
+        _wait_ready(name, ports[name], procs[name], root / f"{name}.log")
+    yield Stack(deployed, ports, procs, root, issuer)
 
 
 @pytest.fixture

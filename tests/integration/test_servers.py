@@ -6,6 +6,7 @@ and restart them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import nats
 import nats.errors
 import pytest
 
+from gridloop_events.deploy_security import SERVICES, deployed_servers
 from gridloop_events.servers import (
     LocalNats,
     LocalPostgres,
@@ -291,3 +293,52 @@ async def test_fresh_database_is_empty_and_private(
         await conn.execute("create table mine (id int)")
     finally:
         await conn.close()
+
+
+# -- servers configured as deployed -----------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_deployed_servers_apply_deploys_users_and_roles_then_clean_up(
+    database_url: str,
+) -> None:
+    with deployed_servers(database_url) as deployed:
+        pid = deployed.nats.pid
+        name = deployed.database_url.rsplit("/", 1)[1]
+        # accounts.conf's passwords reach the server from its environment: no login, no entry.
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(deployed.nats_url, allow_reconnect=False,
+                               max_reconnect_attempts=0)
+        nc = await nats.connect(deployed.nats_url_as("feedback"),
+                                inbox_prefix="_INBOX_feedback")
+        await nc.close()
+        env = deployed.service_env()
+        assert set(env) == {f"GRIDLOOP_{s.upper()}_{what}_URL" for s in SERVICES
+                            for what in ("NATS", "DATABASE")}
+        conn = await asyncpg.connect(env["GRIDLOOP_FEEDBACK_DATABASE_URL"])
+        try:
+            assert await conn.fetchval("select current_user") == "gridloop_feedback"
+            assert await conn.fetchval("select has_schema_privilege('feedback', 'CREATE')")
+            assert not await conn.fetchval("select has_schema_privilege('intake', 'USAGE')")
+        finally:
+            await conn.close()
+    assert pid is not None and not _alive(pid)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("select count(*) from pg_database where datname = $1",
+                                   name) == 0
+    finally:
+        await conn.close()
+
+
+def test_local_nats_passes_its_env_to_the_server_for_config_variables(tmp_path: Path) -> None:
+    # The variable exists only in the server's environment, not ours: a missing one fails.
+    config = 'authorization { user: u, password: $GRIDLOOP_TEST_PASSWORD }'
+    with LocalNats(tmp_path / "ok", extra_config=config,
+                   env={"GRIDLOOP_TEST_PASSWORD": "s3cret"}) as server:
+        async def login() -> None:
+            nc = await nats.connect(server.url.replace("//", "//u:s3cret@"))
+            await nc.close()
+        asyncio.run(login())
+    with pytest.raises(ServerError, match="GRIDLOOP_TEST_PASSWORD"):
+        LocalNats(tmp_path / "missing", extra_config=config).start()

@@ -38,16 +38,16 @@ from gridloop_events.servers import (
 )
 
 __all__ = [
-    "SERVICES",
-    "NATS_USERS",
     "DB_ROLES",
-    "deploy_dir",
-    "nats_security_config",
+    "NATS_USERS",
+    "SERVICES",
     "Credentials",
-    "apply_roles",
-    "adopt_schema_objects",
     "Deployed",
+    "adopt_schema_objects",
+    "apply_roles",
+    "deploy_dir",
     "deployed_servers",
+    "nats_security_config",
 ]
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
@@ -149,7 +149,8 @@ def apply_roles(superuser_url: str, credentials: Credentials, attempts: int = 5)
     # Inherited PG* variables would change where and as whom psql connects.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     for attempt in range(1, attempts + 1):
-        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60,
+                                check=False)
         if result.returncode == 0:
             return
         output = result.stdout + result.stderr
