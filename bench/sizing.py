@@ -215,12 +215,13 @@ def table(m: dict[str, Any]) -> str:
     row("design peak, cases/s (events/s)",
         lambda r: f"{_n(r['peak_cases_per_s'], 2)} ({_n(r['peak_events_per_s'], 1)})")
     row("streams (one per district, prefix per district)", lambda r: _n(r["streams"]))
-    row("rebuild of one projection, per year of a district's history",
+    row(f"rebuild of one projection, one district, {RETENTION_YEARS:g} year(s) of history",
         lambda r: f"{_n(r['rebuild_hours'], 1)} h")
     row(f"districts one stream could hold within a {REBUILD_BUDGET_HOURS:g} h rebuild",
         lambda r: _n(r["max_districts_per_stream"]))
-    row("partitions per stream (GRIDLOOP_PARTITIONS)", lambda r: _n(r["partitions"]))
-    row("peak load of one instance per service", lambda r: f"{r['load_share_of_one_instance']:.1%}")
+    row("partitions per stream (fixed for its lifetime)", lambda r: _n(r["partitions"]))
+    row(f"peak per stream ÷ one instance's planned capacity (U = {UTILISATION:.0%})",
+        lambda r: f"{r['load_share_of_one_instance']:.1%}")
     row("active instances per service per stream (i/n shares)",
         lambda r: _n(r["active_instances"]))
     row("service processes (with a standby per share)", lambda r: _n(r["processes"]))
