@@ -45,7 +45,7 @@ REBUILD_BUDGET_HOURS = 4.0  # one projection rebuilt from its stream within this
 RETENTION_YEARS = 1.0  # history a stream holds (rebuild time grows with it)
 REPLICAS = 3  # JetStream replicas of the stream in a cluster (deploy/compose: 3 nodes)
 PARTITIONS = 16  # GRIDLOOP_PARTITIONS default (gridloop_events.subjects)
-POOL_CONNECTIONS = 12  # per service process: the asyncpg pool (10) + the runners' lock sessions
+POOL_CONNECTIONS = 10  # per service process: the asyncpg pool's maximum (lock sessions included)
 
 
 def _load(paths: list[Path]) -> list[tuple[str, dict[str, Any]]]:
@@ -234,7 +234,7 @@ def table(m: dict[str, Any]) -> str:
     row(f"JetStream storage a year (× {REPLICAS} replicas)",
         lambda r: f"{_n(r['nats_gb_year'], 1)} GB")
     row("PostgreSQL storage a year", lambda r: f"{_n(r['pg_gb_year'], 1)} GB")
-    row("PostgreSQL connections (pool + lock sessions)", lambda r: _n(r["pg_connections"]))
+    row("PostgreSQL connections at most (pool maximum)", lambda r: _n(r["pg_connections"]))
     return "\n".join(lines)
 
 
