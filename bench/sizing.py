@@ -68,6 +68,13 @@ def _newest(runs: list[tuple[str, dict[str, Any]]], ok) -> tuple[str, dict[str, 
     return None
 
 
+def _label(run_id: str, r: dict[str, Any]) -> str:
+    """The run, and the code it measured: a run on uncommitted work says so."""
+    run = r.get("run", {})
+    dirty = " + uncommitted changes" if run.get("dirty") else ""
+    return f"`{run_id}`, commit {run.get('commit', '?')}{dirty}"
+
+
 def measured(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The figures sizing needs, each with the run it came from."""
     m: dict[str, Any] = {}
@@ -84,7 +91,7 @@ def measured(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         per_service = {s: dear["cpu_by_service"].get(s, 0.0) * 10 / dear["completed_cases_per_s"]
                        for s in (*SERVICES, "nats", "postgres")}
         m["scale"] = {
-            "run": run_id,
+            "run": _label(run_id, r),
             "contended": r["run"].get("contended"),
             "others_percent": one["cpu_by_service"].get("others"),
             "cases_per_s_1": one["completed_cases_per_s"],
@@ -106,17 +113,17 @@ def measured(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         run_id, r = rp
         ok = [b for b in r["replay"]["rebuilds"] if "events_per_s" in b]
         slowest = min(ok, key=lambda b: b["events_per_s"])
-        m["replay"] = {"run": run_id, "slowest": slowest["projection"],
+        m["replay"] = {"run": _label(run_id, r), "slowest": slowest["projection"],
                        "events_per_s": slowest["events_per_s"]}
     dl = _newest(runs, lambda r: r["deadlines"]["idle_cpu_percent"] is not None)
     if dl:
         run_id, r = dl
-        m["idle"] = {"run": run_id, "percent": r["deadlines"]["idle_cpu_percent"],
+        m["idle"] = {"run": _label(run_id, r), "percent": r["deadlines"]["idle_cpu_percent"],
                      "open_timers": r["deadlines"]["open_timers"]}
     ce = _newest(runs, lambda r: r["ceilings"]["publish_pipelined"]["events_per_s"] > 0)
     if ce:
         run_id, r = ce
-        m["publish"] = {"run": run_id,
+        m["publish"] = {"run": _label(run_id, r),
                         "events_per_s": r["ceilings"]["publish_pipelined"]["events_per_s"]}
     return m
 
@@ -183,15 +190,15 @@ def table(m: dict[str, Any]) -> str:
     contended = (f", contended: other processes used {sc['others_percent']}% CPU"
                  if sc["contended"] else "")
     cpu_by = ", ".join(f"{k} {v}" for k, v in sc["cpu_ms_per_case_by"].items())
-    idle = (f"; idle, per process (deadlines phase, run `{m['idle']['run']}`, escalation with "
+    idle = (f"; idle, per process (deadlines phase, run {m['idle']['run']}, escalation with "
             f"{m['idle']['open_timers']:,} open timers) **{m['idle']['percent']}%** of a core"
             if m.get("idle") else "")
-    ceiling = (f"; JetStream pipelined publish ceiling (run `{pub['run']}`) "
+    ceiling = (f"; JetStream pipelined publish ceiling (run {pub['run']}) "
                f"**{pub['events_per_s']:,} events/s**" if pub else "")
     lines = [
         "Measured (refresh with `python -m bench.sizing --write docs/SIZING.md`):",
         "",
-        f"- loop, one instance of each service (scale phase, run `{sc['run']}`{contended}): "
+        f"- loop, one instance of each service (scale phase, run {sc['run']}{contended}): "
         f"**r₁ = {sc['cases_per_s_1']} cases/s** ({sc['events_per_s_1']} events/s); "
         f"{sc['instances_n']} instances: {sc['cases_per_s_n']} cases/s (×{sc['ratio']}); "
         f"**{sc['events_per_case']} events/case**;",
@@ -200,7 +207,7 @@ def table(m: dict[str, Any]) -> str:
         f"- stream **{sc['stream_bytes_per_event']:,} bytes/event**; PostgreSQL "
         f"**{sc['database_bytes_per_case']:,} bytes/case** (four schemas); service RSS "
         f"≤ {sc['rss_mib']:.0f} MiB;",
-        f"- rebuild (replay phase, run `{rp['run']}`): slowest projection {rp['slowest']} "
+        f"- rebuild (replay phase, run {rp['run']}): slowest projection {rp['slowest']} "
         f"**{rp['events_per_s']:,} events/s**{ceiling}.",
         "",
         "| | " + " | ".join(r["tier"] for r in rows) + " |",
