@@ -63,6 +63,13 @@ class ServiceSettings:
     ack_wait: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def nats_servers(self) -> list[str]:
+        """`nats_url` may name every node of a cluster, comma-separated (as the nats CLI takes
+        them): nats-py parses only a list, and with all of them a service that starts while
+        one node is down still connects."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
     @classmethod
     def from_env(cls, service: str) -> ServiceSettings:
         upper = service.upper()
@@ -158,7 +165,7 @@ class Runtime:
     async def start(self) -> None:
         s = self.settings
         self.nc = await nats.connect(
-            s.nats_url,
+            s.nats_servers,
             name=f"gridloop-{s.service}",
             # Replies to this service only: NATS permissions can then keep other services from
             # reading them (they carry whole case events).
