@@ -75,10 +75,14 @@ class NatsTrio:
         self.nodes[index] = node
         return node
 
-    def start(self, timeout: float = 60.0) -> None:
-        # All at once: a node waits for its peers before JetStream reports healthy.
+    def launch(self) -> None:
+        """All three at once, not waiting: a node waits for its peers before JetStream reports
+        healthy (then `wait_healthy`)."""
         for index in range(NODES):
             self.start_node(index)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.launch()
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
@@ -177,8 +181,10 @@ class ReplicatedCluster(Cluster):
         self.trio = NatsTrio(self.workdir / "nats-cluster")
 
     def start_servers(self) -> None:
-        self.trio.start()
+        # PostgreSQL's initdb runs while the nodes find each other and elect a meta leader.
+        self.trio.launch()
         self.postgres.start()
+        self.trio.wait_healthy()
         self.new_system()
 
     def new_system(self) -> None:
