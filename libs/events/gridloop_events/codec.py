@@ -104,6 +104,9 @@ def content_hash(data: bytes) -> str:
 _EVENT_TYPE = re.compile(rb'"event_type":"([A-Za-z0-9_]{1,64})"')
 
 
+_ENVELOPE_FIELDS = tuple(Envelope.model_fields)
+
+
 @functools.cache
 def _typed_envelope(cls: type[Payload]) -> type[Envelope]:
     """An envelope whose payload is exactly `cls` at its current version: pydantic parses and
@@ -133,7 +136,7 @@ def decode(data: bytes, registry: Registry = REGISTRY) -> Envelope:
                 pass
             else:
                 return Envelope.model_construct(
-                    **{name: getattr(typed, name) for name in Envelope.model_fields})
+                    **{name: getattr(typed, name) for name in _ENVELOPE_FIELDS})
     return _decode_general(data, registry)
 
 

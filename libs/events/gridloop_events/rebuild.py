@@ -31,7 +31,7 @@ from .projection import (
 from .runner import is_transient
 from .store import EventStore
 
-CHUNK = 2000
+CHUNK = 10000
 
 
 @dataclass(frozen=True)
