@@ -298,3 +298,53 @@ async def test_a_standby_instance_takes_over_when_the_owner_stops(env) -> None: 
         assert len(await rows(pool, "tally", "applied")) == await store.last_sequence() == 55
     finally:
         await second.stop()
+
+
+async def test_a_share_whose_instance_is_gone_is_absorbed_and_handed_back(env) -> None:  # type: ignore[no-untyped-def]
+    nc, pool, store = env
+    await seed(store, cases=12, per_case=3)
+    halves = [[p for p in range(16) if p % 2 == i] for i in range(2)]
+
+    def instance(i: int) -> ProjectionRunner:
+        return ProjectionRunner(nc, pool, store, TallyProjection(), partitions=halves[i],
+                                spare=halves[1 - i], claim_interval=0.2, absorb_after=0.6,
+                                hand_back_after=2.0)
+
+    even, odd = instance(0), instance(1)
+    await even.start()
+    await odd.start()
+    returned: ProjectionRunner | None = None
+    try:
+        await even.wait_caught_up(timeout=30)
+        await odd.wait_caught_up(timeout=30)
+        assert sorted(even.owned) == halves[0] and sorted(odd.owned) == halves[1]
+        await odd.stop()  # the odd share's instance is gone, and it has no standby
+        await seed(store, cases=12, per_case=3)
+        tip = await store.last_sequence()
+        await _until(lambda: sorted(even.owned) == list(range(16)), 15, "even absorbs odd")
+        await even.wait_caught_up(tip, timeout=30)
+        applied = await rows(pool, "tally", "applied")
+        assert len(applied) == tip  # none skipped, none twice (primary key)
+
+        returned = instance(1)
+        await returned.start()  # the owner is back: it gets its share when it is handed back
+        await _until(lambda: sorted(returned.owned) == halves[1], 20, "odd share handed back")
+        assert sorted(even.owned) == halves[0]
+        await seed(store, cases=6, per_case=2)
+        tip = await store.last_sequence()
+        await returned.wait_caught_up(tip, timeout=30)
+        await even.wait_caught_up(tip, timeout=30)
+        assert len(await rows(pool, "tally", "applied")) == tip
+        assert returned.stats.applied > 0
+    finally:
+        for r in (even, odd, returned):
+            if r is not None:
+                await r.stop()
+
+
+async def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {what}")
+        await asyncio.sleep(0.05)

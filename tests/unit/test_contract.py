@@ -147,6 +147,14 @@ def test_partition_shares_for_instances() -> None:
         parse_partitions(None, "3/3")
 
 
+def test_an_instance_share_absorbs_the_other_shares_unless_told_not_to() -> None:
+    from gridloop_events.service import spare_partitions
+
+    assert spare_partitions("1/4", "1") == [p for p in range(16) if p % 4 != 1]
+    assert spare_partitions("1/4", "0") == [] and spare_partitions("1/4", "off") == []
+    assert spare_partitions(None, "1") == []  # one instance owns everything already
+
+
 def test_personal_fields_are_declared_on_the_payload() -> None:
     assert CaseReported.personal_fields == frozenset({"reporter"})
     assert isinstance(reported().event_id, UUID)

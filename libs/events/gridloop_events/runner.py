@@ -84,6 +84,9 @@ class ProjectionRunner:
         fetch_timeout: float = 1.0,
         ack_wait: float = 60.0,
         claim_interval: float = 2.0,
+        spare: Sequence[int] = (),
+        absorb_after: float | None = None,
+        hand_back_after: float = 120.0,
         after_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
@@ -98,6 +101,16 @@ class ProjectionRunner:
         self.fetch_timeout = fetch_timeout
         self.ack_wait = ack_wait
         self.claim_interval = claim_interval
+        # Partitions of other instances' shares this one takes over while nobody holds them
+        # (their instance and its standby are gone), and hands back after a while so a
+        # returning owner gets them again.
+        self.spare = sorted(set(spare) - set(self.wanted))
+        # Long enough that instances started one after another do not take each other's share.
+        self.absorb_after = absorb_after if absorb_after is not None else 30.0
+        self.hand_back_after = hand_back_after
+        self._absorbing: set[int] = set()
+        self._free_since: dict[int, float] = {}
+        self._hand_back_at = 0.0
         self.stats = RunnerStats()
         self._after_commit = after_commit or _fault_pause_from_env()
         self._task: asyncio.Task[None] | None = None
@@ -175,7 +188,7 @@ class ProjectionRunner:
     async def _caught_up_to(self, target: int) -> bool:
         if self.stats.checkpoint >= target:
             return True
-        if not self.owned or set(self.owned) != set(self.wanted):
+        if not self.owned or not set(self.wanted) <= set(self.owned):
             return False
         if await self.store.last_sequence() < target:
             return False
@@ -206,8 +219,11 @@ class ProjectionRunner:
                 # A session of its own: the partition locks live exactly as long as it does.
                 async with self.pool.acquire() as lock_conn:
                     try:
-                        owned = await self._claim(lock_conn, self.wanted)
+                        owned = await self._claim(lock_conn,
+                                                  self.wanted + sorted(self._absorbing))
+                        self._absorbing &= set(owned)
                         if not owned:
+                            await self._watch_spares(lock_conn)
                             await asyncio.sleep(self.claim_interval)
                             continue
                         self.owned = owned
@@ -252,6 +268,38 @@ class ProjectionRunner:
             log.info("runner.claimed", projection=self.projection.name, partitions=got)
         return got
 
+    async def _watch_spares(self, lock_conn: asyncpg.Connection) -> bool:
+        """Note which spare partitions nobody holds; absorb those free for `absorb_after`."""
+        if not self.spare:
+            return False
+        now = asyncio.get_running_loop().time()
+        for p in self.spare:
+            if p in self._absorbing:
+                continue
+            key = self._lock_key(p)
+            if await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                await lock_conn.fetchval("SELECT pg_advisory_unlock(hashtext($1))", key)
+                self._free_since.setdefault(p, now)
+            else:
+                self._free_since.pop(p, None)
+        ready = [p for p, since in self._free_since.items() if now - since >= self.absorb_after]
+        if not ready:
+            return False
+        for p in ready:
+            del self._free_since[p]
+        self._absorbing.update(ready)
+        self._hand_back_at = now + self.hand_back_after
+        log.warning("runner.absorbing", projection=self.projection.name, partitions=sorted(ready))
+        return True
+
+    def _hand_back(self, now: float) -> None:
+        log.info("runner.handing_back", projection=self.projection.name,
+                 partitions=sorted(self._absorbing))
+        # Free from now: the owner (trying every claim interval) gets them first if it is back.
+        for p in self._absorbing:
+            self._free_since[p] = now
+        self._absorbing.clear()
+
     async def _position_consumer(self, owned: Sequence[int]):  # type: ignore[no-untyped-def]
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -288,6 +336,11 @@ class ProjectionRunner:
                 missing = [p for p in self.wanted if p not in self.owned]
                 if missing and await self._claim(lock_conn, missing):
                     return  # reposition with the larger set
+                if self._absorbing and loop.time() >= self._hand_back_at:
+                    self._hand_back(loop.time())
+                    return  # release everything; the own share is claimed again at once
+                if await self._watch_spares(lock_conn):
+                    return  # reposition with the absorbed partitions
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):

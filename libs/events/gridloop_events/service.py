@@ -66,6 +66,9 @@ class ServiceSettings:
     # Which partitions this instance projects: None = all of them (one instance), or a share
     # such as GRIDLOOP_INSTANCE=1/3. Advisory locks make a second claimant a standby.
     partitions: list[int] | None = None
+    # Partitions outside an i/n share that this instance takes over while no one holds them
+    # (GRIDLOOP_ABSORB=0 turns it off): a dead share is not stranded until its instance returns.
+    spare_partitions: list[int] = field(default_factory=list)
     # How long a fetched batch may stay unacknowledged before the server redelivers it.
     ack_wait: float = 60.0
     extra: dict[str, str] = field(default_factory=dict)
@@ -97,7 +100,20 @@ class ServiceSettings:
                 _env(f"GRIDLOOP_{upper}_PARTITIONS", "GRIDLOOP_PARTITIONS"),
                 _env(f"GRIDLOOP_{upper}_INSTANCE", "GRIDLOOP_INSTANCE"),
             ),
+            spare_partitions=spare_partitions(
+                _env(f"GRIDLOOP_{upper}_INSTANCE", "GRIDLOOP_INSTANCE"),
+                _env("GRIDLOOP_ABSORB") or "1",
+            ),
         )
+
+
+def spare_partitions(instance: str | None, absorb: str,
+                     total: int = DEFAULT_PARTITIONS) -> list[int]:
+    """The other shares' partitions, for an i/n instance that absorbs them when orphaned."""
+    share = parse_partitions(None, instance, total)
+    if share is None or absorb.strip().lower() in ("0", "false", "no", "off"):
+        return []
+    return [p for p in range(total) if p not in share]
 
 
 def parse_partitions(spec: str | None, instance: str | None,
@@ -190,7 +206,8 @@ class Runtime:
             if getattr(projection, "store", False) is None:
                 projection.store = self.store  # type: ignore[attr-defined]
             runner = ProjectionRunner(self.nc, self.pool, self.store, projection,
-                                      partitions=s.partitions, ack_wait=s.ack_wait)
+                                      partitions=s.partitions, spare=s.spare_partitions,
+                                      ack_wait=s.ack_wait)
             await runner.start()
             self.runners.append(runner)
         for job in self.background:
