@@ -43,7 +43,10 @@ class Projection(Protocol):
 
     `apply` runs inside the runner's transaction, once per event, in stream order. It may raise:
     a transient error (connection lost) makes the runner retry the batch; any other error
-    dead-letters that one event and the runner moves on.
+    dead-letters that one event and the runner moves on. A projection may also offer
+    `apply_batch(conn, events)` (and `react_batch(applied)`): the runner and rebuilds then hand
+    it a whole fetched batch, and fall back to `apply` per event, each in a savepoint, only to
+    find a poison.
     """
 
     name: str
