@@ -44,6 +44,8 @@ class Outcome:
             "deadlines_missed": r.deadlines_missed,
             "missed_under_clock_jump": r.missed_under_clock_jump,
             "longest_wait_past_deadline_seconds": round(r.max_lateness_seconds, 1),
+            "deadlines_overtaken_unreported": r.deadlines_overtaken,
+            "longest_overtaken_past_deadline_seconds": round(r.max_overtaken_seconds, 1),
             "violations": len(r.violations),
             "lost_cases": len(self.lost),
             "stuck_cases": len(self.not_done),

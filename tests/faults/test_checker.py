@@ -158,3 +158,35 @@ async def test_checker_is_silent_when_healthy_and_names_each_planted_violation(c
     cli = _cli(cluster)
     assert cli.returncode == 1, cli.stdout + cli.stderr
     assert "stranded.no_deadline" in cli.stdout and orphan.case_id in cli.stdout
+
+
+def test_a_deadline_overtaken_late_and_unreported_is_counted_with_its_wait() -> None:
+    """The figure the cluster fault test reads: an accept that came 7 s past the accept
+    deadline, with no DeadlineMissed for it (escalation could not append while the stream had no
+    leader), counts as overtaken with its wait; one reported missed, one met in time, and one
+    moved by a jumped clock do not."""
+    from gridloop_events.invariants.checks import _overtaken
+    from gridloop_events.lifecycle import CaseState, Deadline
+
+    due = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    accept = Deadline("accept:a", DeadlineKind.accept, due, due - timedelta(seconds=60))
+    before, after = CaseState(deadlines={DeadlineKind.accept: accept}), CaseState()
+    options = CheckOptions()
+    late = due + timedelta(seconds=7)
+
+    report = Report()
+    _overtaken(report, before, after, late, late, {}, options)
+    assert (report.deadlines_overtaken, report.max_overtaken_seconds) == (1, 7.0)
+
+    for stored_at, at, missed in (
+        (late, late, {"accept:a": {"m1"}}),  # reported missed first
+        (due - timedelta(seconds=1),) * 2 + ({},),  # accepted in time
+        (late, late + timedelta(hours=1), {}),  # occurred by a jumped clock
+    ):
+        report = Report()
+        _overtaken(report, before, after, stored_at, at, missed, options)
+        assert report.deadlines_overtaken == 0, (stored_at, at, missed)
+    # A deadline still live is not overtaken, however late it is.
+    report = Report()
+    _overtaken(report, before, before, late, late, {}, options)
+    assert report.deadlines_overtaken == 0

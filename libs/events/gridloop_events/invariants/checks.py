@@ -102,7 +102,8 @@ def _log_checks(log: LogSnapshot, report: Report, options: CheckOptions) -> dict
                 _lateness(report, p, logged.stored_at, options)
             if isinstance(p, DeadlineApproaching):
                 warned[p.deadline_id].add(str(e.event_id))
-            state = evolve(state, stored)
+            before, state = state, evolve(state, stored)
+            _overtaken(report, before, state, logged.stored_at, e.occurred_at, missed, options)
         states[case_id] = state
         report.statuses[state.status.value] += 1
     for digest, cases in digests.items():
@@ -136,6 +137,24 @@ def _lateness(report: Report, p: DeadlineMissed, stored_at: datetime,
         return
     late = (p.detected_at - p.due_at).total_seconds()
     report.max_lateness_seconds = max(report.max_lateness_seconds, late)
+
+
+def _overtaken(report: Report, before: CaseState, after: CaseState, stored_at: datetime,
+               at: datetime, missed: dict[str, set[str]], options: CheckOptions) -> None:
+    """A deadline the case moved past after it was due, never reported missed: the action came
+    first (say escalation could not append while the stream had no leader). Not a violation —
+    the late action is in the log and the figures count it late — but a wait past a deadline
+    the reported ones alone would hide."""
+    if (at - stored_at).total_seconds() > options.jump_tolerance_seconds:
+        return  # moved by a jumped clock: its lateness says nothing
+    for kind, deadline in before.deadlines.items():
+        current = after.deadlines.get(kind)
+        if (current is not None and current.id == deadline.id) or deadline.id in missed:
+            continue
+        late = (at - deadline.due_at).total_seconds()
+        if late > 0:
+            report.deadlines_overtaken += 1
+            report.max_overtaken_seconds = max(report.max_overtaken_seconds, late)
 
 
 # --- nothing stranded ------------------------------------------------------------------------

@@ -29,6 +29,10 @@ class Report:
     deadlines_missed: int = 0
     missed_under_clock_jump: int = 0
     max_lateness_seconds: float = 0.0  # longest a due deadline waited for its DeadlineMissed
+    # Deadlines the case moved past after they were due with no DeadlineMissed at all (the
+    # stage done late before escalation could say so), and the longest of those waits.
+    deadlines_overtaken: int = 0
+    max_overtaken_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long reading and checking took
     case_ids: set[str] = field(default_factory=set)  # every case in the log (not serialised)
@@ -63,7 +67,9 @@ class Report:
                          f"{p['cases']} cases")
         lines.append(f"deadlines missed: {self.deadlines_missed} "
                      f"({self.missed_under_clock_jump} under a jumped clock), longest wait past "
-                     f"a deadline {self.max_lateness_seconds:.1f}s")
+                     f"a deadline {self.max_lateness_seconds:.1f}s; overtaken unreported: "
+                     f"{self.deadlines_overtaken}, longest {self.max_overtaken_seconds:.1f}s "
+                     "past due")
         lines.append("checks: " + ", ".join(f"{k} {v}" for k, v in sorted(self.checks.items())))
         lines += [f"note: {n}" for n in self.notes]
         if self.ok:
