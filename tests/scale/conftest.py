@@ -1,4 +1,5 @@
-"""Two instances of every service as separate processes, sharing one database and one stream."""
+"""Two instances of every service as separate processes, sharing one database and one stream,
+each running as its service's NATS user and PostgreSQL role from deploy/ (as in a district)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,28 @@ from pathlib import Path
 import pytest
 from scale_fleet import SERVICES, Fleet
 
+from gridloop_events.deploy_security import Deployed
+from gridloop_events.subjects import DEFAULT_PREFIX
+
 FleetFactory = Callable[[dict[int, str | None]], Fleet]
 
 
 @pytest.fixture
-def fleet_factory(nats_url: str, fresh_database: str, fresh_stream_prefix: str,
-                  tmp_path: Path) -> Iterator[FleetFactory]:
-    """Starts one process of each service per entry of `shares` (index -> `i/n` or None)."""
+def fleet_factory(deployed: Deployed, tmp_path: Path) -> Iterator[FleetFactory]:
+    """Starts one process of each service per entry of `shares` (index -> `i/n` or None).
+    The checks read everything as the NATS operator and the database auditor."""
     fleets: list[Fleet] = []
 
     def start(shares: dict[int, str | None]) -> Fleet:
-        fleet = Fleet(env={}, log_dir=tmp_path, shares=shares, nats_url=nats_url,
-                      database_url=fresh_database, prefix=fresh_stream_prefix)
+        fleet = Fleet(env={}, log_dir=tmp_path, shares=shares,
+                      nats_url=deployed.nats_url_as("operator"),
+                      database_url=deployed.database_url_as("auditor"), prefix=DEFAULT_PREFIX)
         fleet.env = {
-            **os.environ,
-            "GRIDLOOP_NATS_URL": nats_url,
-            "GRIDLOOP_DATABASE_URL": fresh_database,
-            "GRIDLOOP_SUBJECT_PREFIX": fresh_stream_prefix,
+            # Any server or prefix from the outside would override the deployed identities.
+            **{k: v for k, v in os.environ.items()
+               if not k.endswith(("NATS_URL", "DATABASE_URL"))
+               and k != "GRIDLOOP_SUBJECT_PREFIX"},
+            **deployed.service_env(),
             "GRIDLOOP_TEST_CLOCK": "1",
             "GRIDLOOP_ENV": "production",
             "GRIDLOOP_LOG_LEVEL": "INFO",
