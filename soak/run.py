@@ -29,12 +29,17 @@ from faultkit import faults, scenario  # noqa: E402
 from faultkit.cluster import Cluster  # noqa: E402
 from faultkit.faults import FaultLog  # noqa: E402
 from faultkit.load import Load  # noqa: E402
+from faultkit.nats_cluster import NODE_FAULTS, SHARED_FAULTS, ReplicatedCluster  # noqa: E402
+from faultkit.nats_cluster import random_cluster_fault  # noqa: E402
 from gridloop_events.invariants import CheckOptions, Report, run_check  # noqa: E402
 
-FAULT_KINDS = ["service", "nats-kill", "nats-stall", "postgres", "clock", "republish"]
+FAULT_KINDS = ["service", "nats-kill", "nats-stall", "postgres", "clock", "republish",
+               *NODE_FAULTS]
 # Copies of stored events are applied again by the projections of this version of the
 # library (see tests/faults/test_duplicate_deliveries.py): opt in with --faults.
 DEFAULT_FAULTS = ["service", "nats-kill", "nats-stall", "postgres", "clock"]
+# On the 3-node cluster (--nats-cluster) a node or the stream's leader is killed instead.
+CLUSTER_FAULTS = ["service", "nats-node", "nats-leader", "postgres", "clock"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-every", type=float, nargs=2, default=(15.0, 35.0),
                    metavar=("MIN", "MAX"), help="seconds between faults (random in range)")
     p.add_argument("--check-every", type=float, default=60.0, help="seconds between checks")
-    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
-                   help=f"comma-separated, of: {', '.join(FAULT_KINDS)}")
+    p.add_argument("--faults", default=None,
+                   help=f"comma-separated, of: {', '.join(FAULT_KINDS)} (default "
+                   f"{','.join(DEFAULT_FAULTS)}; with --nats-cluster {','.join(CLUSTER_FAULTS)})")
+    p.add_argument("--nats-cluster", action="store_true",
+                   help="run on the 3-node JetStream cluster of deploy/nats/cluster.conf, "
+                   "streams at R3")
     p.add_argument("--idle-share", type=float, default=0.05,
                    help="share of cases left unaccepted for --idle-for seconds (deadlines run out)")
     p.add_argument("--idle-for", type=float, default=90.0)
@@ -68,6 +77,10 @@ async def soak(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown:
         raise SystemExit(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    allowed = {*NODE_FAULTS, *SHARED_FAULTS} if args.nats_cluster else set(FAULT_KINDS) - set(
+        NODE_FAULTS)
+    if set(kinds) - allowed:
+        raise SystemExit(f"not on this setup: {', '.join(sorted(set(kinds) - allowed))}")
     rng = random.Random(args.seed)
     checks: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -78,7 +91,8 @@ async def soak(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
             await asyncio.sleep(rng.uniform(*args.fault_every))
             if time.monotonic() - started >= args.duration:
                 break
-            fault = await faults.random_fault(cluster, log, rng, kinds)
+            fault = await (random_cluster_fault(cluster, log, rng, kinds)  # type: ignore[arg-type]
+                           if args.nats_cluster else faults.random_fault(cluster, log, rng, kinds))
             print(f"[{time.monotonic() - started:6.0f}s] {fault.kind} {fault.target} "
                   f"down {fault.down_seconds}s, ready again after {fault.recovery_seconds}s "
                   f"{fault.detail}", flush=True)
@@ -110,6 +124,7 @@ def _result(args: argparse.Namespace, kinds: list[str], outcome: scenario.Outcom
     return {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {"duration_seconds": args.duration, "rate": args.rate, "faults": kinds,
+                   "nats": "3-node cluster, R3" if args.nats_cluster else "one node",
                    "fault_every_seconds": list(args.fault_every), "seed": args.seed,
                    "idle_share": args.idle_share, "idle_for_seconds": args.idle_for},
         "summary": outcome.summary(),
@@ -140,7 +155,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{c['duration_seconds']:.0f} s of load at {c['rate']} new cases/s with a random fault "
         f"every {c['fault_every_seconds'][0]:.0f}–{c['fault_every_seconds'][1]:.0f} s "
         f"({', '.join(c['faults'])}), seed {c['seed']}; every process real (nats-server with "
-        "fsync before ack, PostgreSQL, four service processes).",
+        f"fsync before ack, {c.get('nats', 'one node')}; PostgreSQL, four service processes).",
         "",
         "| | |",
         "|---|---|",
@@ -158,6 +173,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"({s['missed_under_clock_jump']}) |",
         f"| longest wait past a deadline before its DeadlineMissed | "
         f"{s['longest_wait_past_deadline_seconds']} s |",
+        f"| deadlines overtaken late with no DeadlineMissed, longest wait | "
+        f"{s['deadlines_overtaken_unreported']}, "
+        f"{s['longest_overtaken_past_deadline_seconds']} s |",
         f"| longest report→done of a case | {result['longest_case_seconds']} s |",
         "",
         "## Faults",
@@ -180,8 +198,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.faults is None:
+        args.faults = ",".join(CLUSTER_FAULTS if args.nats_cluster else DEFAULT_FAULTS)
     workdir = Path(tempfile.mkdtemp(prefix="gridloop-soak-"))
-    cluster = Cluster(workdir)
+    cluster = ReplicatedCluster(workdir) if args.nats_cluster else Cluster(workdir)
     try:
         cluster.start_servers()
         cluster.start_services()

@@ -8,6 +8,7 @@ other two."""
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from gridloop_events.servers import find_free_port, nats_server_binary
 from gridloop_events.subjects import DEFAULT_PREFIX, Subjects
 
 from .cluster import SERVICES, Cluster
-from .faults import Fault, FaultLog
+from .faults import Fault, FaultLog, random_fault
 
 # deploy/ is a folder of the repository, not an installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -261,3 +262,21 @@ async def kill_nats_node(cluster: ReplicatedCluster, log: FaultLog, *, leader: b
         f"services cut off: {', '.join(clients[index]) or 'none'}"
     fault.recovery_seconds = round(await asyncio.to_thread(cluster.wait_all_ready, 120.0), 2)
     return fault, acting
+
+
+# What the soak may inject on the cluster: its own node faults, and those of faults.py that do
+# not need the single nats-server.
+NODE_FAULTS = ("nats-node", "nats-leader")
+SHARED_FAULTS = ("service", "postgres", "clock", "republish")
+
+
+async def random_cluster_fault(cluster: ReplicatedCluster, log: FaultLog, rng: random.Random,
+                               kinds: list[str]) -> Fault:
+    kind = rng.choice(kinds)
+    if kind in NODE_FAULTS:
+        fault, _ = await kill_nats_node(cluster, log, leader=kind == "nats-leader",
+                                        pause=rng.uniform(0.5, 5.0))
+        return fault
+    if kind not in SHARED_FAULTS:
+        raise ValueError(f"fault {kind!r} needs the single nats-server, not the cluster")
+    return await random_fault(cluster, log, rng, [kind])
