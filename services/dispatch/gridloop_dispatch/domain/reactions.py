@@ -9,7 +9,10 @@ what it reacts to still holds there, and returns nothing otherwise.
 
 from __future__ import annotations
 
-from gridloop_district import District
+from datetime import datetime
+from typing import Any
+
+from gridloop_district import District, TimeLimits
 from gridloop_events.catalogue import (
     CallbackRated,
     CaseDispatched,
@@ -87,15 +90,7 @@ def on_reported(stored: StoredEvent, current: CaseState, district: District) -> 
             dispatch_due=dispatch_due_from(limits, start),
         )
         return [stored.envelope.caused(queued, actor=ACTOR, purpose=PURPOSE_TRIAGE)]
-    dispatched = CaseDispatched(
-        unit_code=target.unit_code,
-        tier=target.tier,
-        kind=target.kind,
-        urgent=target.urgent,
-        dispatcher=DISPATCHER,
-        deadlines=deadlines_from(limits, start),
-        reason=_cut(f"triage: {target.reason}{located}"),
-    )
+    dispatched = _dispatch_to(target, limits, start, f"triage: {target.reason}{located}")
     return [stored.envelope.caused(dispatched, actor=ACTOR, purpose=PURPOSE_TRIAGE)]
 
 
@@ -138,18 +133,9 @@ def on_deadline_missed(
     else:
         target = _one_tier_up(district, current, what)
 
-    dispatched = CaseDispatched(
-        unit_code=target.unit_code,
-        tier=target.tier,
-        kind=target.kind,
-        urgent=target.urgent,
-        dispatcher=DISPATCHER,
-        deadlines=deadlines_from(limits, start),
-        reason=_cut(target.reason),
-        escalation=True,
-        escalation_level=missed.escalation_level,
-        previous_unit=current.unit_code,
-    )
+    dispatched = _dispatch_to(target, limits, start, target.reason, escalation=True,
+                              escalation_level=missed.escalation_level,
+                              previous_unit=current.unit_code)
     return [stored.envelope.caused(dispatched, actor=ACTOR, purpose=PURPOSE_ESCALATE)]
 
 
@@ -206,20 +192,26 @@ def on_callback_rated(stored: StoredEvent, current: CaseState, district: Distric
             district, current, f"resident unsatisfied {current.unsatisfied_count} times"
         )
         first, level = False, current.escalation_level + 1
-    dispatched = CaseDispatched(
+    dispatched = _dispatch_to(target, limits, start, target.reason, redispatch=first,
+                              escalation=not first, escalation_level=level,
+                              previous_unit=current.unit_code)
+    return [stored.envelope.caused(dispatched, actor=ACTOR, purpose=PURPOSE_REDO)]
+
+
+def _dispatch_to(target: Placement, limits: TimeLimits, start: datetime, reason: str,
+                 **flags: Any) -> CaseDispatched:
+    """The rules' dispatch to `target`, with deadlines counted from `start`; `flags` say why
+    (redispatch, escalation and its level, the previous unit)."""
+    return CaseDispatched(
         unit_code=target.unit_code,
         tier=target.tier,
         kind=target.kind,
         urgent=target.urgent,
         dispatcher=DISPATCHER,
         deadlines=deadlines_from(limits, start),
-        reason=_cut(target.reason),
-        redispatch=first,
-        escalation=not first,
-        escalation_level=level,
-        previous_unit=current.unit_code,
+        reason=_cut(reason),
+        **flags,
     )
-    return [stored.envelope.caused(dispatched, actor=ACTOR, purpose=PURPOSE_REDO)]
 
 
 def _cut(text: str, limit: int = 500) -> str:
