@@ -100,6 +100,23 @@ def test_expired_foreign_tampered_and_confused_tokens_are_refused() -> None:
     assert "not a JWT" in refused("Bearer nonsense")
 
 
+def test_a_verified_token_is_remembered_only_while_its_key_and_times_hold() -> None:
+    ring = KeyRing({"k1": KEY.trusted()})
+    verifier = Verifier(ring, leeway=0)
+    token = ISSUER.token("auditor", ttl=120)
+    assert verifier.verify(token).role is Role.auditor
+    assert verifier.verify(token).role is Role.auditor  # from memory
+    assert token in verifier._verified
+    ring.keys.pop("k1")  # the key is no longer trusted: the remembered token is not either
+    assert "does not trust" in refused(token, verifier)
+    ring.keys["k1"] = KEY.trusted()
+    assert verifier.verify(token).role is Role.auditor
+    brief = ISSUER.token("auditor", ttl=1)
+    assert verifier.verify(brief).role is Role.auditor
+    time.sleep(2.1)  # past its exp: refused though remembered
+    assert "expired" in refused(brief, verifier)
+
+
 def test_claims_must_make_sense_for_the_role() -> None:
     assert "exp" in refused(jwt.encode({"iss": "gridloop", "aud": "gridloop", "sub": "x",
                                         "role": "auditor"}, KEY.private_key, algorithm="EdDSA",

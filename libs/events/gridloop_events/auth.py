@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -217,6 +219,9 @@ class AuthSettings:
         return ring
 
 
+VERIFIED_CACHE_SIZE = 4096
+
+
 class Verifier:
     def __init__(self, keys: KeyRing, *, issuer: str = DEFAULT_ISSUER,
                  audiences: Sequence[str] = (DEFAULT_AUDIENCE,), leeway: int = 30) -> None:
@@ -224,6 +229,11 @@ class Verifier:
         self.issuer = issuer
         self.audiences = list(audiences)
         self.leeway = leeway
+        # token -> (principal, the key that verified it, exp, nbf). A client sends the same
+        # token with every request; checking its signature once is enough while the same key
+        # is still trusted. Times are checked on every use.
+        self._verified: OrderedDict[str, tuple[Principal, TrustedKey, float, float | None]] = \
+            OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> Verifier:
@@ -238,6 +248,14 @@ class Verifier:
     def verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused("the token is too long")
+        known = self._verified.get(token)
+        if known is not None:
+            principal, key, exp, nbf = known
+            now = time.time()
+            if (self.keys.get(key.kid) == key and now <= exp + self.leeway
+                    and (nbf is None or now >= nbf - self.leeway)):
+                return principal
+            del self._verified[token]  # verified again below, for the precise refusal
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -268,7 +286,13 @@ class Verifier:
             raise TokenRefused("the token is not valid yet") from None
         except jwt.PyJWTError:
             raise TokenRefused("the token's signature or claims are invalid") from None
-        return principal_from_claims(claims, kid)
+        principal = principal_from_claims(claims, kid)
+        nbf = claims.get("nbf")
+        self._verified[token] = (principal, key, float(claims["exp"]),
+                                 float(nbf) if isinstance(nbf, int | float) else None)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
 
 
 # --- refusals ----------------------------------------------------------------------------------
