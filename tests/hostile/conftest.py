@@ -4,12 +4,11 @@ The helper module is imported top-level, whatever pytest's import mode."""
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gridloop_events.servers import create_database, drop_database
+from gridloop_events.deploy_security import deployed_servers
 
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
@@ -19,13 +18,9 @@ from hostile_system import System  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def sut(nats_url: str, database_url: str) -> Iterator[System]:
-    name = f"t_hostile_{uuid.uuid4().hex[:10]}"
-    url = create_database(database_url, name)
-    system = System(nats_url, url, name)
-    try:
+def sut(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with deployed_servers(database_url, data_dir=tmp_path_factory.mktemp("hostile-nats")) as d:
+        system = System(d)
         system.start()
         yield system
         system.stop()
-    finally:
-        drop_database(database_url, name)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
+import nats
 from fastapi import FastAPI
 from gridloop_district import default_district
 from gridloop_dispatch.app import create_app as dispatch_app
@@ -36,7 +37,9 @@ from gridloop_events.catalogue import (
 )
 from gridloop_events.clock import FixedClock, OffsetClock
 from gridloop_events.envelope import Actor, ActorKind, Envelope
+from gridloop_events.deploy_security import Deployed
 from gridloop_events.store import EventStore
+from gridloop_events.subjects import DEFAULT_PREFIX, Subjects
 from gridloop_events.vocabulary import Channel, Outcome, ProblemKind, Tier
 from gridloop_feedback.app import create_app as feedback_app
 from gridloop_feedback.settings import FeedbackSettings
@@ -94,25 +97,35 @@ def history(case_id: str, stage: str) -> list[Envelope]:
 class System:
     """Start with `start()`, stop with `stop()`; `run(coro)` runs a coroutine on its loop."""
 
-    def __init__(self, nats_url: str, database_url: str, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, deployed: Deployed) -> None:
+        """Each service connects as its own NATS user and PostgreSQL role from deploy/, as in
+        a district; the harness appends and reads the log as the NATS operator."""
+        self.deployed = deployed
+        self.prefix = DEFAULT_PREFIX
         verifier = Verifier.trusting(KEY.trusted())
-        common = {"nats_url": nats_url, "database_url": database_url, "subject_prefix": prefix}
+
+        def own(service: str) -> dict[str, str]:
+            return {"nats_url": deployed.nats_url_as(service),
+                    "database_url": deployed.database_url_as(service),
+                    "subject_prefix": DEFAULT_PREFIX}
+
         self.apps: dict[str, FastAPI] = {
-            "intake": intake_app(IntakeSettings(service="intake", schema="intake", **common),
+            "intake": intake_app(IntakeSettings(service="intake", schema="intake",
+                                                **own("intake")),
                                  district=D, clock=FixedClock(NOW),
                                  auth=Authenticator(verifier)),
-            "dispatch": dispatch_app(DispatchSettings(**common), district=D,
+            "dispatch": dispatch_app(DispatchSettings(**own("dispatch")), district=D,
                                      clock=FixedClock(NOW), auth=Authenticator(verifier)),
             "escalation": escalation_app(
                 EscalationSettings(service="escalation", schema="escalation", test_clock=True,
-                                   **common),
+                                   **own("escalation")),
                 clock=OffsetClock(timedelta(days=-1)), district=D,
                 auth=Authenticator(verifier)),
-            "feedback": feedback_app(FeedbackSettings(schema="feedback", **common),
+            "feedback": feedback_app(FeedbackSettings(schema="feedback", **own("feedback")),
                                      clock=FixedClock(NOW), district=D,
                                      auth=Authenticator(verifier)),
         }
+        self._operator: EventStore | None = None
         self.clients: dict[str, httpx.AsyncClient] = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
@@ -125,18 +138,23 @@ class System:
 
     @property
     def store(self) -> EventStore:
-        return self.apps["intake"].state.runtime.store  # type: ignore[no-any-return]
+        """The log as the operator sees it (a service's own user may write only its events)."""
+        assert self._operator is not None, "start() first"
+        return self._operator
 
     def start(self) -> None:
         self._thread.start()
         self.run(self._start(), timeout=120)
 
     async def _start(self) -> None:
+        nc = await nats.connect(self.deployed.nats_url_as("operator"))
+        self._stack.push_async_callback(nc.close)
         for name, app in self.apps.items():
             await self._stack.enter_async_context(app.router.lifespan_context(app))
             self.clients[name] = await self._stack.enter_async_context(httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url=f"http://{name}",
                 timeout=30))
+        self._operator = EventStore(nc, Subjects(DEFAULT_PREFIX))
 
     def stop(self) -> None:
         try:
