@@ -1,5 +1,7 @@
 """A whole Gridloop on servers of its own: nats-server, PostgreSQL and the four services, each a
-real process the faults may SIGKILL, SIGSTOP or restart."""
+real process the faults may SIGKILL, SIGSTOP or restart. Each service runs as its own NATS user
+and PostgreSQL role from deploy/ (accounts.conf, init.sql), as in a district; the harness (load,
+checker, side projections) connects as the NATS operator and the database's superuser."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from pathlib import Path
 import httpx
 
 from gridloop_district import default_district
+from gridloop_events.deploy_security import Credentials, apply_roles, nats_security_config
 from gridloop_events.servers import LocalNats, LocalPostgres, find_free_port
+from gridloop_events.subjects import DEFAULT_PREFIX
 
 try:  # services that check bearer tokens get them from a key of the run's own
     from gridloop_events.auth_keys import Issuer, SigningKey
@@ -40,7 +44,8 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.nats = LocalNats(self.workdir / "nats")
+        self.credentials = Credentials.local("gridloop-faults")
+        self.nats = self._secured_nats("nats")
         self.postgres = LocalPostgres()
         self.issuer = Issuer(SigningKey.generate("faults-1")) if Issuer is not None else None
         # Intake seals residents' contacts: a throwaway master key unless one is configured.
@@ -61,26 +66,44 @@ class Cluster:
 
     # --- servers -------------------------------------------------------------------------------
 
+    def _secured_nats(self, name: str) -> LocalNats:
+        return LocalNats(self.workdir / name, extra_config=nats_security_config(),
+                         env=self.credentials.nats_server_env())
+
     def start_servers(self) -> None:
         self.nats.start()
         self.postgres.start()
         self.new_system()
 
     def new_system(self) -> None:
-        """A fresh database and stream prefix: the next services start from nothing."""
+        """A fresh database and stream: the next services start from nothing."""
         token = uuid.uuid4().hex[:10]
         self.database_url = self.postgres.create_database(f"gridloop_{token}")
-        self.prefix = f"f_{token}"
+        apply_roles(self.database_url, self.credentials)
+        # accounts.conf grants the production prefix only: a fresh stream means a fresh server.
+        self.prefix = DEFAULT_PREFIX
+        self._fresh_nats(token)
+
+    def _fresh_nats(self, token: str) -> None:
+        if self.nats.running:
+            self.nats.stop()
+            self.nats = self._secured_nats(f"nats-{token}")
+            self.nats.start()
 
     @property
     def nats_url(self) -> str:
-        return self.nats.url
+        """The harness's connection: the operator (a connection without a login is refused)."""
+        return self.credentials.nats_url(self.nats.url, "operator")
 
     def env(self) -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.endswith(("NATS_URL", "DATABASE_URL"))
+                     and k != "GRIDLOOP_SUBJECT_PREFIX"}
         return {
-            **os.environ,
-            "GRIDLOOP_NATS_URL": self.nats_url,
-            "GRIDLOOP_DATABASE_URL": self.database_url,
+            **inherited,
+            # (A subclass running other NATS servers gives the services their URLs itself.)
+            **self.credentials.service_env(self.nats.url if self.nats.running else None,
+                                           self.database_url, SERVICES),
             "GRIDLOOP_SUBJECT_PREFIX": self.prefix,
             "GRIDLOOP_TEST_CLOCK": "1",
             "GRIDLOOP_ENV": "production",

@@ -188,9 +188,8 @@ class ReplicatedCluster(Cluster):
         self.trio.wait_healthy()
         self.new_system()
 
-    def new_system(self) -> None:
-        super().new_system()
-        self.prefix = DEFAULT_PREFIX
+    def _fresh_nats(self, token: str) -> None:
+        """The trio keeps its stream: each module starts it afresh."""
 
     @property
     def nats_url(self) -> str:
