@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +17,7 @@ import httpx
 
 from gridloop_district import default_district
 from gridloop_events.deploy_security import Credentials, apply_roles, nats_security_config
+from gridloop_events.processes import ServiceProcess, stop_all
 from gridloop_events.servers import LocalNats, LocalPostgres, find_free_port
 from gridloop_events.subjects import DEFAULT_PREFIX
 
@@ -39,7 +37,7 @@ class Cluster:
     database_url: str = ""
     prefix: str = "gridloop"
     ports: dict[str, int] = field(default_factory=dict)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,11 +130,9 @@ class Cluster:
             self.wait_ready(service, timeout)
 
     def spawn(self, service: str) -> None:
-        log = open(self.workdir / f"{service}.log", "ab")
-        self.procs[service] = subprocess.Popen(
-            [sys.executable, "-m", f"gridloop_{service}"], env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT)
-        log.close()
+        process = ServiceProcess(service, self.ports[service], self.workdir / f"{service}.log")
+        process.start(self.env())
+        self.procs[service] = process
 
     def ready(self, service: str) -> bool:
         try:
@@ -145,15 +141,10 @@ class Cluster:
             return False
 
     def wait_ready(self, service: str, timeout: float = 60.0) -> float:
+        """Seconds it took (a recovery's length)."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            proc = self.procs.get(service)
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{service} exited {proc.returncode}: {self.log_tail(service)}")
-            if self.ready(service):
-                return time.monotonic() - started
-            time.sleep(0.1)
-        raise RuntimeError(f"{service} not ready after {timeout}s: {self.log_tail(service)}")
+        self.procs[service].wait_ready(timeout)
+        return time.monotonic() - started
 
     def wait_all_ready(self, timeout: float = 90.0) -> float:
         started = time.monotonic()
@@ -162,26 +153,14 @@ class Cluster:
         return time.monotonic() - started
 
     def kill(self, service: str) -> None:
-        proc = self.procs.pop(service)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        self.procs.pop(service).kill()
 
     def stop_services(self) -> None:
-        for service, proc in list(self.procs.items()):
-            proc.send_signal(signal.SIGTERM)
-        for service, proc in list(self.procs.items()):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            del self.procs[service]
+        stop_all(self.procs.values(), timeout=20)
+        self.procs.clear()
 
     def log_tail(self, service: str, lines: int = 30) -> str:
-        path = self.workdir / f"{service}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ServiceProcess(service, 0, self.workdir / f"{service}.log").log_tail(lines)
 
     def close(self) -> None:
         self.stop_services()

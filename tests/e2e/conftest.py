@@ -4,9 +4,6 @@ each running as its own NATS user and PostgreSQL role from deploy/ (as in a dist
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +12,8 @@ import pytest
 
 from gridloop_events.auth_keys import Issuer, SigningKey
 from gridloop_events.deploy_security import Deployed
-from gridloop_events.servers import find_free_port, wait_service_ready
+from gridloop_events.processes import ServiceProcess, stop_all
+from gridloop_events.servers import find_free_port
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
 
@@ -28,7 +26,7 @@ class System:
     # The servers and every identity on them: the services' own, and for the harness's
     # inspections the NATS operator and the database auditor.
     deployed: Deployed
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
     # Signs the tests' tokens; the services trust only its public key.
     issuer: Issuer = field(default_factory=lambda: Issuer(SigningKey.generate("e2e-1")))
 
@@ -40,36 +38,25 @@ class System:
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def start(self, service: str, timeout: float = 60.0) -> None:
-        log = open(self.log_dir / f"{service}.log", "ab")
-        self.procs[service] = subprocess.Popen(
-            [sys.executable, "-m", f"gridloop_{service}"], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_ready(service, timeout)
+        process = ServiceProcess(service, self.ports[service], self.log_dir / f"{service}.log")
+        process.start(self.env)
+        self.procs[service] = process
+        process.wait_ready(timeout)
 
     def wait_ready(self, service: str, timeout: float = 60.0) -> None:
-        wait_service_ready(self.url(service), self.procs[service], service, timeout,
-                           lambda: self.log_tail(service))
+        self.procs[service].wait_ready(timeout)
 
     def kill(self, service: str) -> None:
-        proc = self.procs.pop(service)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        self.procs.pop(service).kill()
 
     def stop(self, service: str) -> None:
-        proc = self.procs.pop(service)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.procs.pop(service).stop()
 
     def log_tail(self, service: str, lines: int = 40) -> str:
-        path = self.log_dir / f"{service}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        process = self.procs.get(service)
+        if process is None:
+            process = ServiceProcess(service, 0, self.log_dir / f"{service}.log")
+        return process.log_tail(lines)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
@@ -102,5 +89,4 @@ def system(deployed: Deployed, tmp_path: Path) -> Iterator[System]:
             system.start(name)
         yield system
     finally:
-        for name in list(system.procs):
-            system.stop(name)
+        stop_all(system.procs.values())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridloop_events.auth_keys import Issuer, SigningKey
-from gridloop_events.servers import find_free_port, wait_service_ready
+from gridloop_events.processes import ServiceProcess, stop_all
+from gridloop_events.servers import find_free_port
 
 SERVICES = ("intake", "dispatch", "escalation", "feedback")
 INSTANCES = 2
@@ -25,7 +23,7 @@ class Fleet:
     database_url: str
     prefix: str
     ports: dict[tuple[str, int], int] = field(default_factory=dict)
-    procs: dict[tuple[str, int], subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[tuple[str, int], ServiceProcess] = field(default_factory=dict)
     issuer: Issuer = field(default_factory=lambda: Issuer(SigningKey.generate("scale-1")))
 
     def url(self, service: str, index: int) -> str:
@@ -43,33 +41,20 @@ class Fleet:
         share = self.shares[index]
         if share is not None:
             env["GRIDLOOP_INSTANCE"] = share
-        with open(self.log_path(service, index), "ab") as log:  # the child keeps its own fd
-            self.procs[(service, index)] = subprocess.Popen(
-                [sys.executable, "-m", f"gridloop_{service}"], env=env, stdout=log,
-                stderr=subprocess.STDOUT)
+        process = ServiceProcess(service, port, self.log_path(service, index),
+                                 name=f"{service}-{index}")
+        process.start(env)
+        self.procs[(service, index)] = process
 
     def wait_ready(self, service: str, index: int, timeout: float = 60.0) -> None:
-        wait_service_ready(self.url(service, index), self.procs[(service, index)],
-                           f"{service}-{index}", timeout, lambda: self.log_tail(service, index))
+        self.procs[(service, index)].wait_ready(timeout)
 
     def kill(self, service: str, index: int) -> None:
-        proc = self.procs.pop((service, index))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        self.procs.pop((service, index)).kill()
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for key, proc in list(self.procs.items()):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            self.procs.pop(key)
+        stop_all(self.procs.values())
+        self.procs.clear()
 
     def log_tail(self, service: str, index: int, lines: int = 40) -> str:
-        path = self.log_path(service, index)
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ServiceProcess(service, 0, self.log_path(service, index)).log_tail(lines)
