@@ -75,7 +75,7 @@ async def run(nats_url: str, database_url: str, prefix: str, log_dir: Path, open
             log(f"  deadlines: {written:,} events written in {published:.0f}s; "
                 "escalation building its timers…")
             while await _timers(conn) < 2 * cases:
-                if group.procs["escalation"].poll() is not None:
+                if not group.procs["escalation"].alive:
                     raise RuntimeError(group.log_tail("escalation"))
                 await asyncio.sleep(0.5)
             ingest = time.perf_counter() - started

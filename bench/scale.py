@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import asyncpg
 import nats
 import psutil
 
+from gridloop_events.processes import ServiceProcess
 from gridloop_events.servers import find_free_port
 from gridloop_events.subjects import Subjects
 
@@ -67,10 +66,9 @@ class Fleet(ServiceGroup):
                 env = {**base, f"GRIDLOOP_{service.upper()}_PORT": str(port)}
                 if n > 1:
                     env["GRIDLOOP_INSTANCE"] = f"{i}/{n}"
-                with open(self.log_dir / f"{key}.log", "ab") as log:
-                    self.procs[key] = subprocess.Popen(
-                        [sys.executable, "-m", f"gridloop_{service}"], env=env, stdout=log,
-                        stderr=subprocess.STDOUT, cwd=REPO)
+                process = ServiceProcess(service, port, self.log_dir / f"{key}.log", name=key)
+                process.start(env, cwd=REPO)
+                self.procs[key] = process
         for key in list(self.procs):
             self.wait_ready(key, timeout)
 

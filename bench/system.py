@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,9 +20,9 @@ import asyncpg
 import nats
 import psutil
 
+from gridloop_events.processes import ServiceProcess, stop_all
 from gridloop_events.servers import (
     LocalNats,
-    wait_service_ready,
     LocalPostgres,
     acreate_database,
     database_url_for,
@@ -153,7 +150,7 @@ class ServiceGroup:
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {
@@ -178,45 +175,30 @@ class ServiceGroup:
             self.ports.setdefault(name, find_free_port())
         env = self.env()
         for name in services:
-            log = open(self.log_dir / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"gridloop_{name}"], env=env, stdout=log,
-                stderr=subprocess.STDOUT, cwd=REPO,
-            )
-            log.close()
+            process = ServiceProcess(name, self.ports[name], self.log_dir / f"{name}.log")
+            process.start(env, cwd=REPO)
+            self.procs[name] = process
         for name in services:
             self.wait_ready(name, timeout)
 
     def wait_ready(self, service: str, timeout: float) -> None:
-        wait_service_ready(self.url(service), self.procs[service], service, timeout,
-                           lambda: self.log_tail(service))
+        self.procs[service].wait_ready(timeout)
 
     def pid(self, service: str) -> int:
         return self.procs[service].pid
 
     def rss_mib(self) -> dict[str, float]:
         return {name: psutil.Process(p.pid).memory_info().rss / 2**20
-                for name, p in self.procs.items() if p.poll() is None}
+                for name, p in self.procs.items() if p.alive}
 
     def alive(self) -> dict[str, bool]:
-        return {name: p.poll() is None for name, p in self.procs.items()}
+        return {name: p.alive for name, p in self.procs.items()}
 
     def log_tail(self, service: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{service}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ServiceProcess(service, 0, self.log_dir / f"{service}.log").log_tail(lines)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in list(self.procs.items()):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs.values())
         self.procs.clear()
 
 
