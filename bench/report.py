@@ -137,10 +137,7 @@ def _scale_lines(sc: dict[str, Any]) -> list[str]:
     for row in rows:
         for w in row.get("windows", []):
             d = w["report_to_dispatched_ms"]
-            cpu = w["cpu_by_service"]
-            cpu_s = ", ".join(str(cpu.get(k, "–")) for k in
-                              ("intake", "dispatch", "escalation", "feedback", "nats",
-                               "postgres", "loader", "others"))
+            cpu_s = _cpu_cells(w["cpu_by_service"])
             lines.append(f"| {row['instances']} | {w['name']} | {w['completed_cases_per_s']} | "
                          f"{w['events_per_s']} | {w['cases_failed']} | {_ms(d, 'p50')}/"
                          f"{_ms(d, 'p99')} | {cpu_s} | {w['cpu_system_percent']} | "
@@ -243,10 +240,7 @@ def markdown(r: dict[str, Any]) -> str:
             d = w["report_to_dispatched_ms"]
             vis = "; ".join(f"{_ms(w['appended_to_visible_ms'][n], 'p50')}/"
                             f"{_ms(w['appended_to_visible_ms'][n], 'p99')}" for n in projections)
-            cpu = w["cpu_percent"]
-            cpu_s = ", ".join(str(cpu.get(k, "–")) for k in
-                              ("intake", "dispatch", "escalation", "feedback", "nats",
-                               "postgres", "loader", "others"))
+            cpu_s = _cpu_cells(w["cpu_percent"])
             lines.append(f"| {w['name']} | {w['completed_cases_per_s']} | {w['events_per_s']} | "
                          f"{w['cases_failed']} | {_ms(d, 'p50')}/{_ms(d, 'p95')}/{_ms(d, 'p99')}"
                          f" | {vis} | {cpu_s} |")
@@ -304,3 +298,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "## Phases that failed", ""]
         lines += [f"- {k}: {v}" for k, v in errors.items()]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_cells(cpu: dict[str, Any]) -> str:
+    """CPU % per process group, in the tables' column order."""
+    return ", ".join(str(cpu.get(k, "–")) for k in
+                     ("intake", "dispatch", "escalation", "feedback", "nats", "postgres",
+                      "loader", "others"))

@@ -21,6 +21,7 @@ from gridloop_events.envelope import Actor
 from gridloop_events.projection import ensure_schema
 from gridloop_events.rebuild import rebuild, table_checksum
 from gridloop_events.service import ServiceSettings
+from gridloop_events.testing import dispatched as dispatched_by_rules
 from gridloop_events.vocabulary import DeadlineKind, ProblemKind, Tier
 
 from gridloop_intake.app import create_app
@@ -196,12 +197,7 @@ async def test_a_case_shows_its_status_and_timeline_from_the_log(settings) -> No
         r = await client.post("/v1/cases", json=report(), headers=HEADERS)
         case_id = r.json()["case_id"]
         [first] = await service.store.read(case_id)
-        dispatched = first.envelope.caused(
-            CaseDispatched(unit_code="GT-X", tier=Tier.grid, kind=ProblemKind.general,
-                           dispatcher="dispatch", reason="general → grid team",
-                           deadlines=Deadlines(accept_due=T0 + timedelta(minutes=1),
-                                               resolve_due=T0 + timedelta(days=1))),
-            actor=Actor.system("dispatch"), purpose="dispatch")
+        dispatched = dispatched_by_rules(first.envelope, unit="GT-X", at=T0)
         await service.store.append(case_id, [dispatched], first.sequence)
 
         r = await client.get(f"/v1/cases/{case_id}")
@@ -364,12 +360,7 @@ async def test_the_register_records_who_reported_and_a_resident_lists_only_their
         taken = await post(staff)
         # A later event carries no reporter: the register keeps the one the report named.
         [reported] = await service.store.read(first)
-        d = reported.envelope.caused(
-            CaseDispatched(unit_code="GT-A", tier=Tier.grid, kind=ProblemKind.general,
-                           dispatcher="dispatch", reason="r",
-                           deadlines=Deadlines(accept_due=T0 + timedelta(minutes=1),
-                                               resolve_due=T0 + timedelta(days=1))),
-            actor=Actor.system("dispatch"), purpose="dispatch")
+        d = dispatched_by_rules(reported.envelope, unit="GT-A", at=T0)
         await service.store.append(first, [d], reported.sequence)
         await wait_register(service)
 
