@@ -10,12 +10,14 @@ apart: the reference history of a case holds each event id once, at its first se
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.api as jsapi
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from ..codec import REGISTRY, CodecError, Registry, content_hash, decode
@@ -77,36 +79,65 @@ def partition_in(subjects: Subjects, subject: str) -> int | None:
 
 
 async def read_log(nc: NATS, subjects: Subjects, registry: Registry = REGISTRY,
-                   batch: int = 2000) -> LogSnapshot:
+                   batch: int = 2000, patience: float = 60.0) -> LogSnapshot:
+    """Every message up to the stream's tip when called (copies included), decoded."""
     js = nc.jetstream()
     info = await js.stream_info(subjects.stream_name)
     snapshot = LogSnapshot(tip=info.state.last_seq)
     if snapshot.tip == 0:
         return snapshot
+    first_seen: dict[str, int] = {}
+    last = 0
+    deadline = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            last = await _read_from(js, subjects, registry, snapshot, first_seen, last, batch)
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+            # A cluster electing a leader answers 503s and timeouts for a while: the snapshot
+            # must still be the whole log up to the tip, so read on from where it stopped.
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the log could not be read past sequence {last} of "
+                                   f"{snapshot.tip}: {type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(0.5)
+            continue
+        if last >= snapshot.tip:
+            return snapshot
+
+
+async def _read_from(js, subjects: Subjects, registry: Registry, snapshot: LogSnapshot,  # type: ignore[no-untyped-def]
+                     first_seen: dict[str, int], last: int, batch: int) -> int:
+    """Read after sequence `last` up to the tip; returns the last sequence read."""
     config = jsapi.ConsumerConfig(
-        deliver_policy=jsapi.DeliverPolicy.ALL,
+        deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=last + 1,
         ack_policy=jsapi.AckPolicy.NONE,
         inactive_threshold=30.0,
         mem_storage=True,
     )
     sub = await js.pull_subscribe(subjects.all, stream=subjects.stream_name, config=config)
-    first_seen: dict[str, int] = {}
     try:
-        while True:
+        while last < snapshot.tip:
             try:
                 msgs = await sub.fetch(batch, timeout=2.0)
-            except nats.errors.TimeoutError:
-                return snapshot
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                if (await sub.consumer_info()).num_pending == 0:
+                    return snapshot.tip  # nothing more to read: the log ends before the tip
+                raise
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq > snapshot.tip:
-                    return snapshot
+                    return snapshot.tip
+                if seq <= last:
+                    continue
+                last = seq
                 snapshot.messages += 1
                 _take(snapshot, first_seen, registry, seq, msg, partition_in(subjects, msg.subject))
-                if seq == snapshot.tip:
-                    return snapshot
+        return last
     finally:
-        await sub.unsubscribe()
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - an ephemeral consumer expires by itself
+            pass
 
 
 def _take(snapshot: LogSnapshot, first_seen: dict[str, int], registry: Registry, seq: int,
