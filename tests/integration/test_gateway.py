@@ -195,6 +195,9 @@ def test_a_case_goes_round_through_the_gateway_under_least_privilege(
     assert r.status_code == 200, r.text
     poll(case, lambda v: v["status"] == "closed")
 
+    # The callback operator works from the callbacks due: wait for feedback to schedule it.
+    poll(lambda: [s.envelope.event_type for s in stack.events(case_id)],
+         lambda kinds: "CallbackScheduled" in kinds)
     body = {"rating": "satisfied", "handled_lawfully": True, "measures_carried_out": True,
             "party_accepts": True, "method": "phone", "comment": "好", "rated_by": "cb-1"}
     callback = stack.as_("dispatcher", district.code, sub="cb-1")
