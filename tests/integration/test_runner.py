@@ -209,7 +209,13 @@ async def test_exactly_once_through_sigkills_during_10k_events(  # type: ignore[
     deadline = time.monotonic() + 240
     while await checkpoint() < tip and time.monotonic() < deadline:
         proc = subprocess.Popen(cmd, env=child_env)
-        await asyncio.sleep(rng.uniform(0.8, 2.0))
+        # Killed after a random stretch of progress, not of time: however fast the machine,
+        # the 10k events see about ten kills, each at a random moment of some batch.
+        target = await checkpoint() + rng.randint(tip // 16, tip // 8)
+        started = time.monotonic()
+        while (await checkpoint() < min(target, tip) and proc.poll() is None
+               and time.monotonic() - started < 30):
+            await asyncio.sleep(rng.uniform(0.005, 0.05))
         if await checkpoint() >= tip:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
