@@ -49,13 +49,7 @@ async def publish_ceilings(nats_url: str, events: list[EncodedEvent], awaited: i
         prefix = f"benchceil_{run_id}_a"
         await _fresh_stream(nc, prefix)
         batch = _retarget(events[:awaited], prefix)
-        lat = []
-        started = time.perf_counter()
-        for ev in batch:
-            t = time.perf_counter()
-            await js.publish(ev.subject, ev.data)
-            lat.append(time.perf_counter() - t)
-        seconds = time.perf_counter() - started
+        seconds, lat = await _publish_awaited(js, batch, writers=1)
         results["publish_awaited"] = {"events": len(batch), "seconds": round(seconds, 2),
                                       "events_per_s": round(len(batch) / seconds),
                                       "latency_ms": percentiles(lat)}
@@ -65,19 +59,7 @@ async def publish_ceilings(nats_url: str, events: list[EncodedEvent], awaited: i
         prefix = f"benchceil_{run_id}_c"
         await _fresh_stream(nc, prefix)
         batch = _retarget(events, prefix)
-        queue = list(reversed(batch))
-        lat = []
-
-        async def writer() -> None:
-            while queue:
-                ev = queue.pop()
-                t = time.perf_counter()
-                await js.publish(ev.subject, ev.data)
-                lat.append(time.perf_counter() - t)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer() for _ in range(concurrent_writers)))
-        seconds = time.perf_counter() - started
+        seconds, lat = await _publish_awaited(js, batch, writers=concurrent_writers)
         results["publish_concurrent"] = {"writers": concurrent_writers, "events": len(batch),
                                          "seconds": round(seconds, 2),
                                          "events_per_s": round(len(batch) / seconds),
@@ -128,3 +110,21 @@ async def copy_ceiling(database_url: str, events: list[EncodedEvent]) -> dict[st
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
+
+
+async def _publish_awaited(js, batch, writers: int) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    """`writers` tasks each publishing and awaiting its ack, one event after another:
+    (seconds in all, each publish's latency)."""
+    queue = list(reversed(batch))
+    lat: list[float] = []
+
+    async def writer() -> None:
+        while queue:
+            ev = queue.pop()
+            t = time.perf_counter()
+            await js.publish(ev.subject, ev.data)
+            lat.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return time.perf_counter() - started, lat

@@ -104,14 +104,7 @@ class CaseWriter:
 
     def history(self, rng: random.Random, start: datetime, mix: Mix = Mix()) -> list[Envelope]:
         """The whole loop of one case: reported → … → rated satisfied."""
-        case = _Case(self)
-        case_id = str(new_event_id(start))
-        reported = Envelope.new(
-            self.report_payload(rng, case_id), case_id=case_id,
-            district=self.district.code, actor=Actor(kind="operator", id="op-7", role="hotline"),
-            correlation_id=str(uuid4()), occurred_at=start,
-        )
-        case.add(reported)
+        case, reported = self._reported(rng, start)
         case.react(reported)  # dispatched to the grid team
         t = start
         if rng.random() < mix.missed_share:
@@ -127,6 +120,18 @@ class CaseWriter:
             self._handle(case, rng, rated.occurred_at + timedelta(minutes=5))
         case.rate(rng, Rating.satisfied)
         return case.events
+
+    def _reported(self, rng: random.Random, start: datetime) -> tuple[_Case, Envelope]:
+        """A new case with its hotline report, added."""
+        case = _Case(self)
+        case_id = str(new_event_id(start))
+        reported = Envelope.new(
+            self.report_payload(rng, case_id), case_id=case_id,
+            district=self.district.code, actor=Actor(kind="operator", id="op-7", role="hotline"),
+            correlation_id=str(uuid4()), occurred_at=start,
+        )
+        case.add(reported)
+        return case, reported
 
     def _handle(self, case: _Case, rng: random.Random, at: datetime) -> None:
         unit = case.state.unit_code
@@ -146,14 +151,7 @@ class CaseWriter:
     def timer_case(self, start: datetime, accept_due: datetime, resolve_due: datetime,
                    rng: random.Random) -> list[Envelope]:
         """Reported and dispatched with the given deadlines: two open timers for escalation."""
-        case = _Case(self)
-        case_id = str(new_event_id(start))
-        reported = Envelope.new(
-            self.report_payload(rng, case_id), case_id=case_id,
-            district=self.district.code, actor=Actor(kind="operator", id="op-7", role="hotline"),
-            correlation_id=str(uuid4()), occurred_at=start,
-        )
-        case.add(reported)
+        case, reported = self._reported(rng, start)
         grid = case.state.grid
         assert grid is not None
         payload = CaseDispatched(
