@@ -201,3 +201,49 @@ async def test_every_case_is_a_hash_chain_and_the_audit_finds_a_rewrite(store: E
     assert [(f.position, "content changed" in f.problem) for f in found] == [(1, True)]
     assert found[0].case_id == r.case_id
     assert content_hash(encode(history[1].envelope)) == history[1].content_hash
+
+
+async def test_a_command_on_a_lagging_read_model_is_decided_again_on_the_log(
+        store: EventStore) -> None:
+    """An HTTP command seeded with a projection's fold that has not yet seen the dispatch:
+    the refusal it gets there is not the answer; the log's state is."""
+    from gridloop_events.lifecycle import Status, fold
+
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    d = dispatched(r)
+    await store.append(r.case_id, [d], v)
+    lagging = fold(await store.read(r.case_id))
+    lagging_before_dispatch = fold((await store.read(r.case_id))[:1])
+    seen: list[Status] = []
+
+    def accept(state):  # type: ignore[no-untyped-def]
+        seen.append(state.status)
+        if state.status is not Status.dispatched:
+            raise ValueError("not dispatched")
+        return [accepted(d)]
+
+    outcome = await execute(store, r.case_id, accept, known=lagging_before_dispatch,
+                            may_lag=True)
+    assert seen == [Status.reported, Status.dispatched]
+    assert [e.event_type for e in outcome.events] == ["CaseAccepted"]
+    # A current fold is decided on once, with no read of the log; a refusal there stands.
+    seen.clear()
+    current = fold(await store.read(r.case_id))
+    with pytest.raises(ValueError):
+        await execute(store, r.case_id, accept, known=current, may_lag=False)
+    assert seen == [Status.accepted]
+    # Without may_lag (a reaction's exact state) a refusal on the known state is final.
+    seen.clear()
+    with pytest.raises(ValueError):
+        await execute(store, r.case_id, accept, known=lagging_before_dispatch)
+    assert seen == [Status.reported]
+    # A no-op decided on a lagging state is decided again on the log too.
+    calls: list[int] = []
+
+    def nothing_until_accepted(state):  # type: ignore[no-untyped-def]
+        calls.append(state.version)
+        return []
+
+    out = await execute(store, r.case_id, nothing_until_accepted, known=lagging, may_lag=True)
+    assert out.events == () and len(calls) == 2 and calls[1] == current.version

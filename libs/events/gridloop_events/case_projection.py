@@ -21,6 +21,7 @@ from .commands import Decide, execute
 from .envelope import StoredEvent
 from .lifecycle import CaseState, Deadline, Status, evolve
 from .logging import get_logger
+from .projection import check_schema
 from .store import EventStore
 from .vocabulary import DeadlineKind, Outcome, ProblemKind, Rating, Severity, Tier
 from .write_buffer import WriteBuffer
@@ -103,6 +104,15 @@ def state_from_json(raw: str | dict[str, Any]) -> CaseState:
 async def load_state(conn: asyncpg.Connection, case_id: str) -> CaseState:
     raw = await conn.fetchval("SELECT state FROM case_state WHERE case_id = $1", case_id)
     return state_from_json(raw) if raw is not None else CaseState()
+
+
+async def projected_state(pool: asyncpg.Pool, schema: str, case_id: str) -> CaseState | None:
+    """The case as a projection last folded it, or None when it has not seen the case. It may
+    lag the log: give it to `execute(..., may_lag=True)`, which saves the read of the log
+    whenever it is current."""
+    raw = await pool.fetchval(
+        f"SELECT state FROM {check_schema(schema)}.case_state WHERE case_id = $1", case_id)
+    return state_from_json(raw) if raw is not None else None
 
 
 async def load_states(conn: asyncpg.Connection, case_ids: Sequence[str]) -> dict[str, CaseState]:

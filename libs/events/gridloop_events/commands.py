@@ -35,20 +35,38 @@ async def execute(
     decide: Decide,
     *,
     known: CaseState | None = None,
+    may_lag: bool = False,
     attempts: int = 12,
 ) -> Outcome:
     """Decide on the case's current state and append the result under the concurrency guard.
 
     `known` is a state the caller already holds (a projection's, at its version); it saves the
-    first read, and a conflict falls back to reading the case from the log.
+    first read, and a conflict falls back to reading the case from the log. With `may_lag` the
+    known state may be behind the log (a read model serving a request): a refusal or a no-op
+    decided on it is decided again on the log's state, since the events the read model has not
+    seen yet may be what makes the command valid. A reaction's known state is exact at its
+    event, and what it decides there stands.
     """
     state = known
+    from_log = known is None
     for attempt in range(attempts):
         if state is None:
             history: list[StoredEvent] = await store.read(case_id)
             state = fold(history)
-        events = tuple(decide(state))
+            from_log = True
+        recheck = may_lag and not from_log
+        try:
+            events = tuple(decide(state))
+        except Exception:
+            if not recheck:
+                raise
+            log.info("command.recheck", case_id=case_id, version=state.version)
+            state = None
+            continue
         if not events:
+            if recheck:
+                state = None
+                continue
             return Outcome((), state.version, state)
         try:
             version = await store.append(case_id, events, state.version,

@@ -33,6 +33,7 @@ from gridloop_events.auth import (
     sees_unit,
 )
 from gridloop_events.catalogue import ExtensionRequested
+from gridloop_events.case_projection import projected_state
 from gridloop_events.commands import execute
 from gridloop_events.envelope import Envelope, Payload, StoredEvent
 from gridloop_events.http import DomainError, correlation_id, http_error
@@ -102,8 +103,15 @@ def dispatch_router(runtime: Runtime, projection: DispatchProjection, district: 
                 for p in decide(state, now, actor.id)
             ]
 
+        # The read model's fold saves reading the case from the log; when it lags, the append's
+        # guard or a refusal sends execute to the log.
+        may_lag = known is None and runtime.pool is not None
+        if may_lag:
+            assert runtime.pool is not None
+            known = await projected_state(runtime.pool, projection.schema, case_id)
         try:
-            outcome = await execute(runtime.store, case_id, to_events, known=known)
+            outcome = await execute(runtime.store, case_id, to_events, known=known,
+                                    may_lag=may_lag)
         except DomainError as exc:
             log.info("dispatch.refused", case_id=case_id, correlation_id=correlation,
                      command=command, status=exc.status, reason=exc.reason)

@@ -30,6 +30,7 @@ from gridloop_events.auth import (
     require_self,
     sees_unit,
 )
+from gridloop_events.case_projection import projected_state
 from gridloop_events.commands import execute
 from gridloop_events.envelope import Envelope
 from gridloop_events.http import DomainError, correlation_id, http_error
@@ -140,23 +141,35 @@ def build_router(
         if runtime.store is None:
             raise HTTPException(503, detail={"reason": "the service is not started"})
         require_self(principal, "rated_by", body.rated_by)
-        history = await runtime.store.read(case_id)
-        facts = CaseFacts.from_history(history)
-        if facts is not None:
-            # Who reported it and where it lies never change: checked once, before deciding.
-            enforce(may_rate(principal, facts),
-                    lambda: http_error(DomainError(
-                        "unknown case: no event was ever recorded for it", status=404)),
-                    "rate")
+
+        def not_found() -> HTTPException:
+            return http_error(DomainError(
+                "unknown case: no event was ever recorded for it", status=404))
+
+        known: CaseState | None
+        if principal.role is Role.resident:
+            # Who reported the case is in its first event, not in the folded state: the log.
+            history = await runtime.store.read(case_id)
+            known, may_lag = fold(history), False
+            facts = CaseFacts.from_history(history)
+            if facts is not None:
+                # Who reported it and where it lies never change: checked once, before deciding.
+                enforce(may_rate(principal, facts), not_found, "rate")
+        else:
+            # A callback operator's area is in the state: the read model's fold, which execute
+            # checks against the log when it lags.
+            known, may_lag = await projected_state(pool(), projection.schema, case_id), True
         actor = principal.actor()
         correlation = correlation_id(request)
         now = runtime.clock.now()
 
         def decide(state: CaseState) -> list[Envelope]:
+            if may_lag and state.version:
+                enforce(may_rate(principal, CaseFacts.from_state(state)), not_found, "rate")
             return decide_rating(state, body, actor=actor, correlation_id=correlation, now=now)
 
         try:
-            outcome = await execute(runtime.store, case_id, decide, known=fold(history))
+            outcome = await execute(runtime.store, case_id, decide, known=known, may_lag=may_lag)
         except DomainError as exc:
             log.info("callback.refused", case_id=case_id, correlation_id=correlation,
                      status=exc.status, reason=exc.reason)
