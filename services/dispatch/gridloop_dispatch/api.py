@@ -105,10 +105,10 @@ def dispatch_router(runtime: Runtime, projection: DispatchProjection, district: 
 
         # The read model's fold saves reading the case from the log; when it lags, the append's
         # guard or a refusal sends execute to the log.
-        may_lag = known is None and runtime.pool is not None
-        if may_lag:
-            assert runtime.pool is not None
+        may_lag = False
+        if known is None and runtime.pool is not None:
             known = await projected_state(runtime.pool, projection.schema, case_id)
+            may_lag = True
         try:
             outcome = await execute(runtime.store, case_id, to_events, known=known,
                                     may_lag=may_lag)
