@@ -306,7 +306,9 @@ class ProjectionRunner:
                 await use_schema(conn, self.schema)
                 checkpoints = await read_checkpoints(conn, self.projection.name)
         start = min(checkpoints.get(p, 0) for p in owned)
-        self.stats.checkpoint = max([checkpoints.get(p, 0) for p in owned] + [0])
+        # Every owned partition is applied up to the lowest of them, not the highest: a share
+        # absorbed from a gone instance is behind this one's own (wait_caught_up trusts this).
+        self.stats.checkpoint = start
         try:
             await self.js.delete_consumer(self.store.stream, self.durable)
         except nats.js.errors.NotFoundError:
