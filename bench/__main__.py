@@ -57,6 +57,7 @@ class Profile:
     replay_events: int
     replay_cap: int | None  # rebuild up to this many events of the stream (None: all)
     drain_limit: int | None  # drain at most this many events of the replay stream
+    replay_processes: tuple[int, ...]  # one rebuild of each projection per process count
     memory_marks: tuple[int, int]
     memory_budget: float | None  # seconds
     scale_instances: tuple[int, ...]  # one row per fleet size, each against the same load
@@ -71,7 +72,8 @@ QUICK = Profile(
     copy_events=50_000, peer_aggregates=500, peer_events_per_aggregate=4, peer_writers=16,
     rates=(10, 100), rate_seconds=15, max_users=128, max_seconds=15,
     open_timers=10_000, probes=200, probe_spread=15, idle_seconds=10,
-    replay_events=50_000, replay_cap=None, drain_limit=None, memory_marks=(1_000, 5_000),
+    replay_events=50_000, replay_cap=None, drain_limit=None, replay_processes=(1, 2),
+    memory_marks=(1_000, 5_000),
     memory_budget=None, scale_instances=(1, 2), scale_users=48, scale_seconds=15,
     scale_rate=8, scale_rate_seconds=10,
 )
@@ -81,7 +83,7 @@ FULL = Profile(
     rates=(10, 100, 200, 500), rate_seconds=30, max_users=256, max_seconds=30,
     open_timers=100_000, probes=500, probe_spread=30, idle_seconds=20,
     # Caps keep the run near 30 minutes on a two-core machine: --no-caps lifts them.
-    replay_events=1_000_000, replay_cap=60_000, drain_limit=200_000,
+    replay_events=1_000_000, replay_cap=200_000, drain_limit=200_000, replay_processes=(1, 2),
     memory_marks=(10_000, 100_000), memory_budget=300,
     scale_instances=(1, 2), scale_users=96, scale_seconds=30, scale_rate=10,
     scale_rate_seconds=30,
@@ -280,22 +282,25 @@ async def phase_replay(s: Servers, p: Profile, run_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"events": p.replay_events, "rebuild_to": p.replay_cap,
                            "rebuilds": []}
     for name in replay.PROJECTIONS:
-        say(f"replay: rebuilding {name} from {p.replay_cap or p.replay_events:,} events")
-        db = await s.database(f"bench_replay_{name}")
-        args = [name, s.nats_url, db, replay.replay_prefix(p.replay_events, scheme),
-                str(p.replay_cap or 0)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.replay", *args, cwd=REPO,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        stdout, stderr = await proc.communicate()
-        if proc.returncode != 0:
-            out["rebuilds"].append({"projection": name, "error": stderr.decode()[-1500:]})
-            say(f"  {name}: failed")
-            continue
-        result = json.loads(stdout.decode().strip().splitlines()[-1])
-        out["rebuilds"].append(result)
-        say(f"  {name}: {result['events_per_s']:,} events/s, peak RSS {result['peak_rss_mib']}"
-            " MiB")
+        for processes in p.replay_processes:
+            say(f"replay: rebuilding {name} from {p.replay_cap or p.replay_events:,} events "
+                f"by {processes} process(es)")
+            db = await s.database(f"bench_replay_{name}_{processes}")
+            args = [name, s.nats_url, db, replay.replay_prefix(p.replay_events, scheme),
+                    str(p.replay_cap or 0), str(processes)]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.replay", *args, cwd=REPO,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout, stderr = await proc.communicate()
+            if proc.returncode != 0:
+                out["rebuilds"].append({"projection": name, "processes": processes,
+                                        "error": stderr.decode()[-1500:]})
+                say(f"  {name}: failed")
+                continue
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
+            out["rebuilds"].append(result)
+            say(f"  {name}: {result['events_per_s']:,} events/s, peak RSS "
+                f"{result['peak_rss_mib']} MiB")
     return out
 
 

@@ -2,7 +2,7 @@
 ceilings over it, and each projection rebuilt from it by `gridloop_events.rebuild.rebuild` in a
 process of its own, so its peak memory is its own.
 
-    python -m bench.replay <projection> <nats_url> <database_url> <prefix>
+    python -m bench.replay <projection> <nats_url> <database_url> <prefix> [<cap> [<processes>]]
 
 runs one rebuild and prints its figures as JSON (used by the benchmark, one process each).
 """
@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -143,31 +144,43 @@ def _projection(name: str, schema: str):  # type: ignore[no-untyped-def]
     raise ValueError(name)
 
 
+def _tree_rss(proc: psutil.Process) -> int:
+    """RSS of a process and its children (a parallel rebuild's workers)."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 async def rebuild_one(name: str, nats_url: str, database_url: str, prefix: str,
-                      to_sequence: int | None) -> dict[str, Any]:
+                      to_sequence: int | None, processes: int = 1) -> dict[str, Any]:
     """`rebuild` of one projection into an empty database: into fresh tables swapped in as the
     live ones, or, with `to_sequence`, the same replay of the log's first events into an
-    as-of schema (nothing swapped)."""
-    from gridloop_events.rebuild import rebuild
+    as-of schema (nothing swapped); by `processes` processes, each a share of the partitions."""
+    from gridloop_events.rebuild import Workers, rebuild
 
     projection = _projection(name, name)
     rss = psutil.Process()
     base_rss = rss.memory_info().rss
     samples = [base_rss]
+    workers = Workers(processes, nats_url, database_url, partial(_projection, name, name))
     nc = await nats.connect(nats_url)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     stop = asyncio.Event()
 
     async def sample() -> None:
         while not stop.is_set():
-            samples.append(rss.memory_info().rss)
+            samples.append(_tree_rss(rss))
             await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample())
     try:
         store = EventStore(nc, Subjects(prefix))
         result = await rebuild(pool, store, projection, projection.tables,
-                               to_sequence=to_sequence)
+                               to_sequence=to_sequence, workers=workers)
         async with pool.acquire() as conn:
             dead = await conn.fetchval(f"SELECT count(*) FROM {result.schema}.dead_letter")
     finally:
@@ -177,13 +190,15 @@ async def rebuild_one(name: str, nats_url: str, database_url: str, prefix: str,
         await nc.close()
     return {
         "projection": name,
+        "processes": processes,
         "schema": result.schema,
         "events": result.events,
         "seconds": round(result.seconds, 2),
         "events_per_s": round(result.events_per_second),
         "dead_lettered": int(dead),
         "rss_before_mib": round(base_rss / 2**20, 1),
-        # Sampled, not ru_maxrss: Linux carries ru_maxrss across exec from the parent.
+        # Sampled, not ru_maxrss: Linux carries ru_maxrss across exec from the parent. All the
+        # rebuild's processes together.
         "peak_rss_mib": round(max(samples) / 2**20, 1),
     }
 
@@ -191,4 +206,6 @@ async def rebuild_one(name: str, nats_url: str, database_url: str, prefix: str,
 if __name__ == "__main__":
     name, nats_url, database_url, prefix = sys.argv[1:5]
     cap = int(sys.argv[5]) if len(sys.argv) > 5 and int(sys.argv[5]) > 0 else None
-    print(json.dumps(asyncio.run(rebuild_one(name, nats_url, database_url, prefix, cap))))
+    processes = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    print(json.dumps(asyncio.run(
+        rebuild_one(name, nats_url, database_url, prefix, cap, processes))))

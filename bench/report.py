@@ -64,15 +64,25 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     rebuilds = _get(r, "replay", "rebuilds") or []
     ok_rebuilds = [b for b in rebuilds if "events_per_s" in b]
     if drain and peer_read and ok_rebuilds:
-        slowest = min(ok_rebuilds, key=lambda b: b["events_per_s"])
+        # Each projection at its best process count (`gridloop replay --workers`), then the
+        # slowest projection of those.
+        best: dict[str, dict[str, Any]] = {}
+        for b in ok_rebuilds:
+            if b["projection"] not in best or b["events_per_s"] > best[b["projection"]]["events_per_s"]:
+                best[b["projection"]] = b
+        slowest = min(best.values(), key=lambda b: b["events_per_s"])
         rate = slowest["events_per_s"]
         out.append(_target(
             "replay ≥ 80% of the raw no-ack drain and ≥ 1.5× the peer's read-back",
             rate >= 0.8 * drain and rate >= 1.5 * peer_read,
-            f"slowest rebuild {slowest['projection']} {rate:,} events/s = "
+            f"slowest rebuild {slowest['projection']} {rate:,} events/s "
+            f"({slowest.get('processes', 1)} processes) = "
             f"{rate / drain:.1%} of the drain ({drain:,}/s), {rate / peer_read:.2f}× the "
-            f"peer's read-back ({peer_read:,}/s); all: "
-            + ", ".join(f"{b['projection']} {b['events_per_s']:,}" for b in ok_rebuilds)))
+            f"peer's read-back ({peer_read:,}/s); all, events/s by processes: "
+            + "; ".join(f"{name} " + ", ".join(
+                f"{b['events_per_s']:,} ({b.get('processes', 1)})"
+                for b in ok_rebuilds if b["projection"] == name)
+                for name in best)))
     else:
         out.append(_target("replay vs drain and peer read-back", None, "not measured"))
 
@@ -265,15 +275,18 @@ def markdown(r: dict[str, Any]) -> str:
     if rp.get("rebuilds"):
         lines += ["", f"## Replay ({rp.get('events', 0):,}-event stream"
                   f"{', rebuilt up to ' + format(rp['rebuild_to'], ',') if rp.get('rebuild_to') else ''})",
-                  "", "| projection | events | seconds | events/s | % of no-ack drain | peak RSS MiB "
-                  "(before) | dead letters |", "|---|---|---|---|---|---|---|"]
+                  "", "| projection | processes | events | seconds | events/s | % of no-ack drain "
+                  "| peak RSS MiB, all processes (before) | dead letters |",
+                  "|---|---|---|---|---|---|---|---|"]
         drain = _get(r, "ceilings", "drain_no_ack", "events_per_s") or 0
         for b in rp["rebuilds"]:
             if "events_per_s" not in b:
-                lines.append(f"| {b.get('projection')} | error: {b.get('error', '')[:120]} |")
+                lines.append(f"| {b.get('projection')} | {b.get('processes', 1)} | error: "
+                             f"{b.get('error', '')[:120]} |")
                 continue
             share = f"{b['events_per_s'] / drain:.1%}" if drain else "–"
-            lines.append(f"| {b['projection']} | {b['events']:,} | {b['seconds']} | "
+            lines.append(f"| {b['projection']} | {b.get('processes', 1)} | {b['events']:,} | "
+                         f"{b['seconds']} | "
                          f"{b['events_per_s']:,} | {share} | {b['peak_rss_mib']} "
                          f"({b['rss_before_mib']}) | {b['dead_lettered']} |")
 

@@ -98,6 +98,10 @@ def replay(
                             "offset is given) into a separate schema.")] = None,
     schema: Annotated[Optional[str], typer.Option("--schema",
                       help="Schema for --to-seq/--to-time (default <service>_asof).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64,
+                       help="Processes, each rebuilding a share of the partitions (a case's "
+                            "order is kept). More than the cores free beside the live "
+                            "services slows them down.")] = 1,
     json_out: Json = False,
     nats_url: NatsUrl = DEFAULT_NATS_URL,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
@@ -119,7 +123,8 @@ def replay(
         async with connected(Target(nats_url, database_url, prefix)) as conn:
             for name in names:
                 done = await replay_ops.replay(conn, name, to_sequence=to_seq,
-                                               to_time=until_time, target_schema=schema)
+                                               to_time=until_time, target_schema=schema,
+                                               workers=workers)
                 results.append(done)
                 if not json_out:
                     _print_replay(done)

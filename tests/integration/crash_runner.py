@@ -54,6 +54,11 @@ class TallyProjection:
         )
 
 
+def unbuildable() -> TallyProjection:
+    """For a parallel rebuild whose worker process fails."""
+    raise RuntimeError("this projection cannot be built here")
+
+
 async def main(nats_url: str, database_url: str, prefix: str, batch: int) -> None:
     nc = await nats.connect(nats_url)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)

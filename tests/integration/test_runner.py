@@ -16,13 +16,14 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import pytest
 import pytest_asyncio
 
-from crash_runner import TallyProjection
+from crash_runner import TallyProjection, unbuildable
 from gridloop_events.catalogue import ProgressNoted
 from gridloop_events.codec import encode
 from gridloop_events.envelope import Actor
-from gridloop_events.rebuild import rebuild, table_checksum
+from gridloop_events.rebuild import RebuildError, Workers, rebuild, table_checksum
 from gridloop_events.runner import ProjectionRunner
 from gridloop_events.store import EventStore
 from gridloop_events.subjects import Subjects
@@ -171,6 +172,54 @@ async def test_rebuild_from_zero_equals_live_row_for_row(env) -> None:  # type: 
         assert len({a[0] for a in applied}) == len(applied)
     finally:
         await runner.stop()
+
+
+async def test_a_rebuild_by_several_processes_equals_one_by_one(  # type: ignore[no-untyped-def]
+    env, nats_url: str, fresh_database: str
+) -> None:
+    nc, pool, store = env
+    await seed(store, cases=48, per_case=5)
+    poisoned = reported()
+    await store.append(poisoned.case_id, [poisoned, note(poisoned, 1, "poison")], 0)
+    tip = await store.last_sequence()
+    projection = TallyProjection()
+    one = await rebuild(pool, store, projection, projection.tables, to_sequence=tip,
+                        target_schema="tally_one")
+    three = Workers(3, nats_url, fresh_database, TallyProjection)
+    many = await rebuild(pool, store, projection, projection.tables, to_sequence=tip,
+                         target_schema="tally_many", workers=three)
+    # `tally.types` lists each case's event types in the order applied: equal checksums mean
+    # every case was applied in its stream order by whichever process held its partition.
+    assert many.checksum == one.checksum
+    assert many.events == one.events == tip  # read and decoded; the poison dead-lettered
+    assert many.last_sequence == tip
+    for schema in ("tally_one", "tally_many"):
+        checkpoints = sorted(r[:3] for r in await rows(pool, schema, "checkpoint"))
+        assert checkpoints == [("tally", p, tip) for p in range(store.subjects.partitions)]
+        dead = await rows(pool, schema, "dead_letter")
+        assert [(d[0], d[1]) for d in dead] == [("tally", tip)]
+
+    # Swapped in while a live runner applies new events: nothing lost, nothing twice.
+    runner = ProjectionRunner(nc, pool, store, projection)
+    await runner.start()
+    try:
+        writer = asyncio.create_task(seed(store, cases=12, per_case=3))
+        swapped = await rebuild(pool, store, projection, projection.tables,
+                                workers=Workers(2, nats_url, fresh_database, TallyProjection))
+        await writer
+        await runner.wait_caught_up(timeout=30)
+        assert swapped.schema == "tally"
+        applied = await rows(pool, "tally", "applied")
+        assert len(applied) == await store.last_sequence() - 1 == tip - 1 + 36
+    finally:
+        await runner.stop()
+
+    # A worker that fails fails the rebuild: the live tables stay as they were.
+    before = await rows(pool, "tally", "applied")
+    with pytest.raises(RebuildError, match="cannot be built here"):
+        await rebuild(pool, store, projection, projection.tables,
+                      workers=Workers(2, nats_url, fresh_database, unbuildable))
+    assert await rows(pool, "tally", "applied") == before
 
 
 async def test_rebuild_to_a_sequence_shows_the_past(env) -> None:  # type: ignore[no-untyped-def]

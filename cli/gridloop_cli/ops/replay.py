@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime
 from typing import Any
 
-from gridloop_events.rebuild import RebuildResult, rebuild
+from gridloop_events.rebuild import RebuildResult, Workers, rebuild
 
 from . import projections
 from .connection import Connected
@@ -47,6 +48,7 @@ async def replay(
     to_sequence: int | None = None,
     to_time: datetime | None = None,
     target_schema: str | None = None,
+    workers: int = 1,
 ) -> Replayed:
     store = conn.need_store()
     projection = projections.build(service)  # no store: a replay must not react
@@ -62,5 +64,7 @@ async def replay(
             to_time=to_time,
             target_schema=target_schema,
             progress=advance,
+            workers=Workers(workers, conn.target.nats_url, conn.target.database_url,
+                            partial(projections.build, service)),
         )
     return Replayed(service, result, to_sequence, to_time)

@@ -9,15 +9,21 @@ and nothing is swapped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 
 import asyncpg
+import nats
 
-from .codec import CodecError, content_hash, decode
+from .codec import CodecError, Registry, content_hash, decode
 from .envelope import StoredEvent
 from .projection import (
     Projection,
@@ -30,6 +36,7 @@ from .projection import (
 )
 from .runner import is_transient
 from .store import EventStore
+from .subjects import Subjects
 
 CHUNK = 10000
 
@@ -64,6 +71,7 @@ async def _apply_chunk(
     store: EventStore,
     projection: Projection,
     schema: str,
+    share: Sequence[int],
     pending: list[tuple[int, str, bytes]],
     isolate: bool,
 ) -> int:
@@ -101,59 +109,230 @@ async def _apply_chunk(
         if batch:
             assert batch_apply is not None
             await batch_apply(conn, batch)
-        # Every partition has seen the log up to the chunk's end, whether it had events or not.
-        await write_checkpoints(
-            conn, projection.name, {p: pending[-1][0] for p in range(store.subjects.partitions)}
-        )
+        # Every partition of the share has seen the log up to the chunk's end, whether it had
+        # events in it or not.
+        await write_checkpoints(conn, projection.name, dict.fromkeys(share, pending[-1][0]))
     return count
 
 
-async def _apply_range(
+@dataclass
+class _Chunk:
+    events: list[tuple[int, str, bytes]]
+    partitions: Sequence[int]  # what the chunk's end is a checkpoint for
+    until: int | None = None  # set on a read's last chunk: its partitions have seen the log to here
+
+
+async def _read_chunks(
+    store: EventStore,
+    projection: Projection,
+    share: Sequence[int],
+    start: int,
+    until: int,
+    to_time: datetime | None,
+    chunks: asyncio.Queue[_Chunk | None],
+) -> None:
+    """Fill `chunks` with the share's events start..until: the whole log in one read when the
+    share is every partition, else one read per partition, each with a single filter (the
+    server scans a one-filter consumer several times faster than a many-filter one)."""
+    subjects = store.subjects
+    types = projection.event_types
+    reads = ([(list(share), subjects.all)] if len(set(share)) == subjects.partitions
+             else [([p], subjects.of_partition(p)) for p in share])
+    try:
+        for partitions, subject_filter in reads:
+            pending: list[tuple[int, str, bytes]] = []
+            cut = False
+            async for seq, subject, data, _, stored_at in store.read_all(start, until,
+                                                                          [subject_filter]):
+                # Cut on the server's storage time: it follows the stream order, while envelope
+                # times do not (a reaction carries its cause's time, a moved clock its own).
+                if to_time is not None and stored_at is not None and stored_at > to_time:
+                    cut = True
+                    break
+                if types and subjects.parse(subject)[2] not in types:
+                    continue
+                pending.append((seq, subject, data))
+                if len(pending) >= CHUNK:
+                    await chunks.put(_Chunk(pending, partitions))
+                    pending = []
+            await chunks.put(_Chunk(pending, partitions, None if cut else until))
+    finally:
+        await chunks.put(None)
+
+
+async def _apply_share(
     conn: asyncpg.Connection,
     store: EventStore,
     projection: Projection,
     schema: str,
+    share: Sequence[int],
     start: int,
     until: int,
     to_time: datetime | None,
     progress: Callable[[int], None] | None,
 ) -> tuple[int, int]:
-    """Apply events start..until into `schema`, one transaction per chunk. (count, last seq)."""
-    filters = (
-        [store.subjects.of_type(t) for t in sorted(projection.event_types)]
-        if projection.event_types
-        else None
-    )
+    """Apply the share's events start..until into `schema`, one transaction per chunk, the
+    next chunk read from NATS while this one is written. (count, last sequence seen)."""
+    chunks: asyncio.Queue[_Chunk | None] = asyncio.Queue(maxsize=2)
+    reader = asyncio.create_task(
+        _read_chunks(store, projection, share, start, until, to_time, chunks))
     count = 0
     last = start - 1
-    pending: list[tuple[int, str, bytes]] = []
-
-    async def flush() -> None:
-        nonlocal count, last
-        if not pending:
-            return
-        try:
-            applied = await _apply_chunk(conn, store, projection, schema, pending, isolate=False)
-        except Exception as exc:  # noqa: BLE001 - find the poison, as the live runner does
-            if is_transient(exc):
-                raise
-            applied = await _apply_chunk(conn, store, projection, schema, pending, isolate=True)
-        count += applied
-        last = pending[-1][0]
-        if progress:
-            progress(len(pending))
-        pending.clear()
-
-    async for seq, subject, data, _, stored_at in store.read_all(start, until, filters):
-        # Cut on the server's storage time: it follows the stream order, while envelope times
-        # do not (a reaction carries its cause's time, a moved clock its own).
-        if to_time is not None and stored_at is not None and stored_at > to_time:
-            break
-        pending.append((seq, subject, data))
-        if len(pending) >= CHUNK:
-            await flush()
-    await flush()
+    try:
+        while (chunk := await chunks.get()) is not None:
+            if chunk.events:
+                try:
+                    applied = await _apply_chunk(conn, store, projection, schema,
+                                                 chunk.partitions, chunk.events, isolate=False)
+                except Exception as exc:  # noqa: BLE001 - find the poison, as the runner does
+                    if is_transient(exc):
+                        raise
+                    applied = await _apply_chunk(conn, store, projection, schema,
+                                                 chunk.partitions, chunk.events, isolate=True)
+                count += applied
+                last = max(last, chunk.events[-1][0])
+                if progress:
+                    progress(len(chunk.events))
+            if chunk.until is not None and chunk.until > start - 1:
+                # The read is complete: its partitions have seen the log up to `until`, whether
+                # their last events came earlier or were of types this projection skips.
+                async with conn.transaction():
+                    await use_schema(conn, schema)
+                    await write_checkpoints(conn, projection.name,
+                                            dict.fromkeys(chunk.partitions, chunk.until))
+                last = max(last, chunk.until)
+        await reader
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
     return count, last
+
+
+# --- partitions rebuilt by several processes ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Rebuild with `count` processes, each taking a share of the partitions (a case's events
+    stay in one partition, so each process keeps every case's order). The parent takes a share
+    itself; the others open the log and the database again from these addresses and build the
+    projection with `build`, which must be picklable (a module-level function or a partial of
+    one) and make the same projection as the parent's."""
+
+    count: int
+    nats_url: str
+    database_url: str
+    build: Callable[[], Projection]
+
+
+def _shares(partitions: int, count: int) -> list[list[int]]:
+    count = max(1, min(count, partitions))
+    return [list(range(k, partitions, count)) for k in range(count)]
+
+
+async def _worker(workers: Workers, subjects: Subjects, registry: Registry, schema: str,
+                  share: list[int], until: int, to_time: datetime | None,
+                  done: Synchronized[int]) -> tuple[int, int]:
+    def progress(n: int) -> None:
+        with done.get_lock():
+            done.value += n
+
+    nc = await nats.connect(workers.nats_url, name="gridloop-rebuild")
+    try:
+        conn = await asyncpg.connect(workers.database_url)
+        try:
+            return await _apply_share(conn, EventStore(nc, subjects, registry=registry),
+                                      workers.build(), schema, share, 1, until, to_time,
+                                      progress)
+        finally:
+            await conn.close()
+    finally:
+        await nc.close()
+
+
+def _worker_main(workers: Workers, subjects: Subjects, registry: Registry, schema: str,
+                 share: list[int], until: int, to_time: datetime | None,
+                 done: Synchronized[int], results: Connection) -> None:
+    try:
+        outcome: tuple[str, object] = (
+            "ok", asyncio.run(_worker(workers, subjects, registry, schema, share, until,
+                                      to_time, done)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        outcome = ("error", f"{type(exc).__name__}: {exc}")
+    results.send(outcome)
+    results.close()
+
+
+async def _apply_in_workers(
+    conn: asyncpg.Connection,
+    store: EventStore,
+    projection: Projection,
+    schema: str,
+    workers: Workers,
+    until: int,
+    to_time: datetime | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int]:
+    shares = _shares(store.subjects.partitions, workers.count)
+    # spawn, not fork: the parent holds live NATS and PostgreSQL connections and an event loop.
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Value("q", 0)
+    started = []
+    for share in shares[1:]:
+        receive, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_worker_main, daemon=True, name=f"gridloop-rebuild-{share[0]}",
+            args=(workers, store.subjects, store.registry, schema, share, until, to_time,
+                  done, send))
+        proc.start()
+        send.close()
+        started.append((proc, receive))
+    reported = 0
+
+    def forward() -> None:
+        nonlocal reported
+        if progress is not None:
+            now = done.value
+            if now > reported:
+                progress(now - reported)
+                reported = now
+
+    try:
+        own = asyncio.create_task(
+            _apply_share(conn, store, projection, schema, shares[0], 1, until, to_time,
+                         progress))
+        while not own.done() or any(proc.is_alive() for proc, _ in started):
+            forward()
+            await asyncio.wait([own], timeout=0.2)
+        forward()
+        count, last = own.result()
+        failures = []
+        for proc, receive in started:
+            if not receive.poll():
+                failures.append(f"{proc.name} exited with {proc.exitcode} and no result")
+                continue
+            status, value = receive.recv()
+            if status != "ok":
+                failures.append(f"{proc.name}: {value}")
+                continue
+            n, share_last = value  # type: ignore[misc]
+            count += n
+            last = max(last, share_last)
+        if failures:
+            raise RebuildError("; ".join(failures))
+        return count, last
+    finally:
+        for proc, receive in started:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(5)
+            receive.close()
+
+
+class RebuildError(RuntimeError):
+    """A worker process of a parallel rebuild failed; the shadow tables are left unswapped."""
 
 
 async def rebuild(
@@ -166,6 +345,7 @@ async def rebuild(
     to_time: datetime | None = None,
     target_schema: str | None = None,
     progress: Callable[[int], None] | None = None,
+    workers: Workers | None = None,
 ) -> RebuildResult:
     live = projection.schema
     historical = to_sequence is not None or to_time is not None
@@ -174,10 +354,16 @@ async def rebuild(
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {shadow} CASCADE")
         await ensure_schema(conn, projection, shadow)
-        tip = to_sequence if to_sequence is not None else await store.last_sequence()
-        count, last = await _apply_range(
-            conn, store, projection, shadow, 1, tip, to_time, progress
-        )
+        tip = await store.last_sequence()
+        if to_sequence is not None:
+            tip = min(tip, to_sequence)
+        if workers is not None and workers.count > 1:
+            count, last = await _apply_in_workers(
+                conn, store, projection, shadow, workers, tip, to_time, progress)
+        else:
+            count, last = await _apply_share(
+                conn, store, projection, shadow, range(store.subjects.partitions), 1, tip,
+                to_time, progress)
         if historical:
             checksum = await table_checksum(conn, shadow, tables)
             return RebuildResult(shadow, count, last, time.perf_counter() - started, checksum)

@@ -129,16 +129,7 @@ class ProjectionRunner:
         return self.projection.schema
 
     def filter_subjects(self, partitions: Sequence[int]) -> list[str]:
-        subjects = self.store.subjects
-        types = sorted(self.projection.event_types or ())
-        if len(partitions) == subjects.partitions and not types:
-            return [subjects.all]
-        if types and len(types) * len(partitions) <= 64:
-            return [subjects.of_partition(p, t) for p in partitions for t in types]
-        if len(partitions) == subjects.partitions:
-            return [subjects.of_type(t) for t in types]
-        # Too many combinations for the server's filter list: filter types here instead.
-        return [subjects.of_partition(p) for p in partitions]
+        return self.store.subjects.filters(partitions)
 
     def _lock_key(self, partition: int) -> str:
         return f"gridloop:{self.schema}:{self.projection.name}:{partition}"

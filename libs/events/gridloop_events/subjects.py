@@ -19,6 +19,7 @@ Tokens are restricted to [A-Za-z0-9_-] by the envelope, so no value can inject a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "gridloop"
@@ -62,6 +63,15 @@ class Subjects:
         if event_type is None:
             return f"{self.prefix}.case.*.{partition:02d}.>"
         return f"{self.prefix}.case.*.{partition:02d}.*.{event_type}"
+
+    def filters(self, partitions: Sequence[int]) -> list[str]:
+        """The consumer filter for some partitions. Never by event type: the type is the last
+        token, and a server scanning for it walks every case's subjects (measured on a 50k-event
+        stream: four type filters cost the server 4.5 s of CPU, the whole stream 0.3 s), so a
+        reader receives every type of its partitions and skips the ones it does not need."""
+        if len(set(partitions)) == self.partitions:
+            return [self.all]
+        return [self.of_partition(p) for p in sorted(partitions)]
 
     def parse(self, subject: str) -> tuple[str, str, str]:
         """(district, case_id, event_type) of a subject in this scheme."""
