@@ -82,9 +82,9 @@ FULL = Profile(
     copy_events=200_000, peer_aggregates=1_000, peer_events_per_aggregate=5, peer_writers=16,
     rates=(10, 100, 200, 500), rate_seconds=30, max_users=256, max_seconds=30,
     open_timers=100_000, probes=500, probe_spread=30, idle_seconds=20,
-    # Caps keep the run near 30 minutes on a two-core machine: --no-caps lifts them.
+    # Caps keep the run near 45 minutes on a two-core machine: --no-caps lifts them.
     replay_events=1_000_000, replay_cap=200_000, drain_limit=200_000, replay_processes=(1, 2),
-    memory_marks=(10_000, 100_000), memory_budget=300,
+    memory_marks=(10_000, 100_000), memory_budget=1200,
     scale_instances=(1, 2), scale_users=96, scale_seconds=30, scale_rate=10,
     scale_rate_seconds=30,
 )

@@ -5,7 +5,8 @@ a two-core machine, so whole case histories are written to the live stream inste
 services' own rules (bench/events.py), starting now so no deadline is past due — and the four
 services consume them live: every projection applies every event and every reaction runs (and
 finds its event already in the log, by its derived id). Chunks are written only as fast as the
-slowest projection keeps up, and each service's RSS is read after every chunk.
+slowest projection keeps up (one chunk ahead), and each service's RSS is read after every
+chunk.
 """
 
 from __future__ import annotations
@@ -48,16 +49,13 @@ async def run(group: ServiceGroup, marks: tuple[int, ...], budget: float | None,
                                     base=datetime.now(UTC) + timedelta(minutes=1))
         next_mark = 0
         first_mark_at = started
-        for chunk in stream:
-            reported = sum(1 for ev in chunk if ev.event_type == "CaseReported")
-            seqs = await publish_pipelined(js, chunk)
-            targets: dict[int | None, int] = {}
-            for ev, seq in zip(chunk, seqs, strict=True):
-                part = partition_of_subject(subjects, ev.subject)
-                targets[part] = max(targets.get(part, 0), seq)
+
+        async def settle(targets: dict[int | None, int], reported: int, events: int) -> bool:
+            """Wait for a written chunk to be applied everywhere, read RSS; True: stop here."""
+            nonlocal cases_done, events_done, next_mark, first_mark_at
             await wait_caught_up(conn, schemas, targets, timeout=900)
             cases_done += reported
-            events_done += len(chunk)
+            events_done += events
             elapsed = time.monotonic() - started
             point = {"cases": cases_done, "events": events_done, "seconds": round(elapsed, 1),
                      "rss_mib": group.rss_mib()}
@@ -70,12 +68,29 @@ async def run(group: ServiceGroup, marks: tuple[int, ...], budget: float | None,
                     first_mark_at = time.monotonic()
                 next_mark += 1
                 if next_mark == len(marks):
-                    break
+                    return True
             # The budget bounds the growth past the first mark; the first mark is always reached.
             if budget is not None and next_mark > 0 and time.monotonic() - first_mark_at > budget:
                 result["capped"] = {"after_seconds": round(elapsed), "cases": cases_done}
                 log(f"  memory: stopped by the time budget at {cases_done:,} cases")
+                return True
+            return False
+
+        # One chunk in flight: the next is written while the services still apply the last.
+        in_flight: tuple[dict[int | None, int], int, int] | None = None
+        for chunk in stream:
+            reported = sum(1 for ev in chunk if ev.event_type == "CaseReported")
+            seqs = await publish_pipelined(js, chunk)
+            targets: dict[int | None, int] = {}
+            for ev, seq in zip(chunk, seqs, strict=True):
+                part = partition_of_subject(subjects, ev.subject)
+                targets[part] = max(targets.get(part, 0), seq)
+            if in_flight is not None and await settle(*in_flight):
+                in_flight = None
                 break
+            in_flight = (targets, reported, len(chunk))
+        if in_flight is not None:
+            await settle(*in_flight)
         result["cases_per_s"] = round(cases_done / (time.monotonic() - started), 1)
         result["alive"] = group.alive()
     finally:
