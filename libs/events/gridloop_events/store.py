@@ -22,6 +22,7 @@ from nats.js.errors import APIError, NotFoundError
 from .codec import REGISTRY, Registry, content_hash, decode, encode
 from .envelope import Envelope, StoredEvent
 from .logging import get_logger
+from .pull import pull_batches
 from .subjects import Subjects
 
 log = get_logger(__name__)
@@ -355,9 +356,9 @@ class EventStore:
     ):  # type: ignore[no-untyped-def]
         """Every stored event from `start` to `until` (default: the tip when called), in order.
 
-        An ephemeral pull consumer without acks: the fastest way to drain the log, for replays.
-        Yields raw `(sequence, subject, data, headers)` so a caller decides when to pay for
-        decoding.
+        An ephemeral consumer without acks, drained by `pull_batches`: the fastest way to read
+        the log, for replays. Yields raw `(sequence, subject, data, headers, stored_at)` so a
+        caller decides when to pay for decoding.
         """
         tip = until if until is not None else await self.last_sequence()
         if tip < start:
@@ -370,27 +371,12 @@ class EventStore:
             filter_subjects=filter_subjects or [self.subjects.all],
             mem_storage=True,
         )
-        sub = await self.js.pull_subscribe(
-            self.subjects.all if not filter_subjects else filter_subjects[0],
-            stream=self.stream,
-            config=config,
-        )
-        try:
-            while True:
-                if (await sub.consumer_info()).num_pending == 0:
-                    # Nothing more matches the filter: no need to wait out a fetch timeout.
+        async for msgs in pull_batches(self.nc, self.js, self.stream, config, batch=batch):
+            for msg in msgs:
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                if seq > tip:
                     return
-                try:
-                    msgs = await sub.fetch(batch, timeout=2.0)
-                except (NatsTimeout, asyncio.TimeoutError):
+                yield RawEvent(seq, msg.subject, msg.data, msg.headers or {}, meta.timestamp)
+                if seq == tip:
                     return
-                for msg in msgs:
-                    seq = msg.metadata.sequence.stream
-                    if seq > tip:
-                        return
-                    yield RawEvent(seq, msg.subject, msg.data, msg.headers or {},
-                                   msg.metadata.timestamp)
-                    if seq == tip:
-                        return
-        finally:
-            await sub.unsubscribe()

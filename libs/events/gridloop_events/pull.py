@@ -1,0 +1,113 @@
+"""Draining a stream range in batches, with a callback subscription instead of nats-py's `fetch`.
+
+`PullSubscription.fetch` waits for every message with its own task, timer and uuid: about 35 µs
+a message on these machines, more than half of a replay's reading. Here the pull requests go to
+the consumer's `MSG.NEXT` subject directly and the messages land through one callback into
+lists; the next batch is requested before the current one is handed over, so the server sends
+while the caller works. Measured on a 50k-event stream: 68k msg/s against `fetch`'s 28k.
+
+Used for reads without acks (replays, audits): an ephemeral AckNone consumer, created here and
+deleted when the read ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.api as jsapi
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+REQUEST_EXPIRES = 5.0  # seconds the server may take to fill one request
+NO_MESSAGES = ("404", "408")  # nothing (more) to send for this request
+
+
+class PullError(nats.errors.Error):
+    """The server ended a pull with an error status (the consumer deleted, a leader change)."""
+
+
+@dataclass
+class _Request:
+    want: int
+    msgs: list[Msg] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    status: str | None = None
+    description: str = ""
+
+
+async def pull_batches(
+    nc: NATS,
+    js: JetStreamContext,
+    stream: str,
+    config: jsapi.ConsumerConfig,
+    *,
+    batch: int = 2000,
+) -> AsyncIterator[list[Msg]]:
+    """Every message the (ephemeral, AckNone) consumer `config` matches when it is created, in
+    stream order, as lists of at most `batch`. Messages stored after that are not waited for."""
+    info = await js.add_consumer(stream, config)
+    consumer = info.name
+    remaining = info.num_pending
+    requests: deque[_Request] = deque()
+
+    async def on_message(msg: Msg) -> None:
+        if not requests:
+            return
+        head = requests[0]
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None and not msg.data:
+            if status == "100":  # heartbeat or flow control: not asked for, but harmless
+                return
+            head.status = status
+            head.description = msg.headers.get("Description", "") if msg.headers else ""
+        else:
+            head.msgs.append(msg)
+            if len(head.msgs) < head.want:
+                return
+        head.done.set()
+        requests.popleft()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_message, pending_msgs_limit=batch * 4,
+                             pending_bytes_limit=-1)
+    subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+    async def ask() -> _Request | None:
+        nonlocal remaining
+        want = min(batch, remaining)
+        if want <= 0:
+            return None
+        remaining -= want
+        request = _Request(want)
+        requests.append(request)
+        body = {"batch": want, "expires": int(REQUEST_EXPIRES * 1e9)}
+        await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
+        return request
+
+    try:
+        current = await ask()
+        while current is not None:
+            try:
+                await asyncio.wait_for(current.done.wait(), REQUEST_EXPIRES * 2)
+            except asyncio.TimeoutError:
+                raise nats.errors.TimeoutError from None
+            following = None if current.status else await ask()
+            if current.msgs:
+                yield current.msgs
+            if current.status and current.status not in NO_MESSAGES:
+                raise PullError(f"pull from {stream}: {current.status} {current.description}")
+            if current.status:
+                return  # fewer matched than counted at creation: the read is complete
+            current = following
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, consumer)
