@@ -150,6 +150,8 @@ async def phase_ceilings(s: Servers, p: Profile, run_id: str) -> dict[str, Any]:
     say("ceilings: pull drains of the replay stream")
     out["drain_no_ack"] = await replay.drain(s.nats_url, p.replay_events, ack=False,
                                              scheme=subject_scheme(), limit=p.drain_limit)
+    out["drain_no_ack_batched"] = await replay.drain_batched(
+        s.nats_url, p.replay_events, scheme=subject_scheme(), limit=p.drain_limit)
     out["drain_ack"] = await replay.drain(s.nats_url, p.replay_events, ack=True,
                                           scheme=subject_scheme(), limit=p.drain_limit)
     say(f"ceilings: COPY of {p.copy_events:,} events into jsonb")

@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 
+def _drain_ceiling(r: dict[str, Any]) -> int | None:
+    """The faster of the two raw no-ack drains: replays are measured against the best a raw
+    client did, not against the slower way to read."""
+    rates = [_get(r, "ceilings", key, "events_per_s")
+             for key in ("drain_no_ack", "drain_no_ack_batched")]
+    return max((x for x in rates if x), default=None)
+
+
 def _get(d: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(d, dict) or key not in d:
@@ -59,7 +67,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_target("per-case append faster than the peer's save", None, "not measured"))
 
-    drain = _get(r, "ceilings", "drain_no_ack", "events_per_s")
+    drain = _drain_ceiling(r)
     peer_read = _get(r, "peer", "eventsourcing", "read_notification_log", "events_per_s")
     rebuilds = _get(r, "replay", "rebuilds") or []
     ok_rebuilds = [b for b in rebuilds if "events_per_s" in b]
@@ -208,7 +216,9 @@ def markdown(r: dict[str, Any]) -> str:
     for key, label in (("publish_awaited", "JetStream publish, awaited one by one"),
                        ("publish_concurrent", "JetStream publish, concurrent writers"),
                        ("publish_pipelined", "JetStream publish_async, pipelined"),
-                       ("drain_no_ack", "pull drain, no acks"),
+                       ("drain_no_ack", "pull drain, no acks (nats-py fetch)"),
+                       ("drain_no_ack_batched",
+                        "pull drain, no acks (pull requests into a callback, as read_all)"),
                        ("drain_ack", "pull drain, ack per message"),
                        ("copy_jsonb", "asyncpg COPY into jsonb")):
         v = c.get(key)
@@ -278,7 +288,7 @@ def markdown(r: dict[str, Any]) -> str:
                   "", "| projection | processes | events | seconds | events/s | % of no-ack drain "
                   "| peak RSS MiB, all processes (before) | dead letters |",
                   "|---|---|---|---|---|---|---|---|"]
-        drain = _get(r, "ceilings", "drain_no_ack", "events_per_s") or 0
+        drain = _drain_ceiling(r) or 0
         for b in rp["rebuilds"]:
             if "events_per_s" not in b:
                 lines.append(f"| {b.get('projection')} | {b.get('processes', 1)} | error: "
