@@ -111,3 +111,33 @@ async def pull_batches(
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, consumer)
+
+
+async def request_batch(nc: NATS, subject: str, body: dict[str, object],
+                        timeout: float) -> tuple[list[Msg], str, str]:
+    """Send one request whose answer is several messages ended by a status message (a batch
+    direct get ends with 204, or 404 when nothing matched). (messages, status, description)."""
+    msgs: list[Msg] = []
+    done = asyncio.Event()
+    end: list[str] = []
+
+    async def on_message(msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None and not msg.data:
+            end[:] = [status, (msg.headers or {}).get("Description", "")]
+            done.set()
+        else:
+            msgs.append(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_message, pending_bytes_limit=-1)
+    try:
+        await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise nats.errors.TimeoutError from None
+        return msgs, end[0], end[1]
+    finally:
+        await sub.unsubscribe()
+

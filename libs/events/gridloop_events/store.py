@@ -22,7 +22,7 @@ from nats.js.errors import APIError, NotFoundError
 from .codec import REGISTRY, Registry, content_hash, decode, encode
 from .envelope import Envelope, StoredEvent
 from .logging import get_logger
-from .pull import pull_batches
+from .pull import pull_batches, request_batch
 from .subjects import Subjects
 
 log = get_logger(__name__)
@@ -316,32 +316,23 @@ class EventStore:
         return events[-1].sequence if events else 0
 
     async def _direct_get_batch(self, filter_subject: str, start: int) -> list[StoredEvent]:
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        try:
-            request = {"seq": start, "next_by_subj": filter_subject, "batch": READ_BATCH}
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
-            )
-            out: list[StoredEvent] = []
-            while True:
-                msg = await sub.next_msg(timeout=self.publish_timeout)
-                status = (msg.headers or {}).get("Status")
-                if status == "404" or status == "204":
-                    return out
-                if status:
-                    raise AppendError(f"direct get failed: {status} {msg.headers}")
-                headers = msg.headers or {}
-                out.append(
-                    StoredEvent(
-                        sequence=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        envelope=decode(msg.data, self.registry),
-                        content_hash=content_hash(msg.data),
-                    )
+        request = {"seq": start, "next_by_subj": filter_subject, "batch": READ_BATCH}
+        msgs, status, description = await request_batch(
+            self.nc, f"$JS.API.DIRECT.GET.{self.stream}", request, self.publish_timeout)
+        if status not in ("204", "404"):
+            raise AppendError(f"direct get failed: {status} {description}")
+        out: list[StoredEvent] = []
+        for msg in msgs:
+            headers = msg.headers or {}
+            out.append(
+                StoredEvent(
+                    sequence=int(headers["Nats-Sequence"]),
+                    subject=headers["Nats-Subject"],
+                    envelope=decode(msg.data, self.registry),
+                    content_hash=content_hash(msg.data),
                 )
-        finally:
-            await sub.unsubscribe()
+            )
+        return out
 
     async def last_sequence(self) -> int:
         info = await self.js.stream_info(self.stream)
