@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import nats
@@ -133,6 +134,40 @@ async def test_read_returns_only_that_case_in_order_across_pages(store: EventSto
     assert history[0].sequence < history[1].sequence
     assert await store.version(a.case_id) == va
     assert await store.read("no-such-case") == []
+
+
+async def test_read_all_reads_in_batches_in_order_and_leaves_no_consumer(
+    store: EventStore,
+) -> None:
+    cases = [reported() for _ in range(9)]
+    versions = [await store.append(r.case_id, [r], 0) for r in cases]
+    for r, v in zip(cases, versions, strict=True):
+        await store.append(r.case_id, [dispatched(r)], v)
+    tip = await store.last_sequence()
+    assert tip == 18
+
+    async def consumers() -> int:
+        return (await store.js.stream_info(store.stream)).state.consumer_count
+
+    # Batches of 4: the requests overlap with the reading, and the order is the stream's.
+    every = [e async for e in store.read_all(1, None, batch=4)]
+    assert [e.sequence for e in every] == list(range(1, tip + 1))
+    assert every[0].data == encode(cases[0]) and every[0].stored_at is not None
+    assert await consumers() == 0
+    assert [e.sequence for e in await collect(store.read_all(5, 11, batch=4))] == list(range(5, 12))
+    only = await collect(store.read_all(1, None, [store.subjects.of_type("CaseDispatched")],
+                                        batch=4))
+    assert [e.sequence for e in only] == list(range(10, 19))
+    # Stopped early by the caller: its consumer is gone at once, not when collected.
+    async with contextlib.aclosing(store.read_all(1, None, batch=4)) as reading:
+        async for e in reading:
+            if e.sequence == 6:
+                break
+    assert await consumers() == 0
+
+
+async def collect(events) -> list:  # type: ignore[no-untyped-def,type-arg]
+    return [e async for e in events]
 
 
 async def test_events_of_other_cases_do_not_conflict(store: EventStore) -> None:

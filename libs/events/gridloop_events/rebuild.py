@@ -142,19 +142,22 @@ async def _read_chunks(
         for partitions, subject_filter in reads:
             pending: list[tuple[int, str, bytes]] = []
             cut = False
-            async for seq, subject, data, _, stored_at in store.read_all(start, until,
-                                                                          [subject_filter]):
-                # Cut on the server's storage time: it follows the stream order, while envelope
-                # times do not (a reaction carries its cause's time, a moved clock its own).
-                if to_time is not None and stored_at is not None and stored_at > to_time:
-                    cut = True
-                    break
-                if types and subjects.parse(subject)[2] not in types:
-                    continue
-                pending.append((seq, subject, data))
-                if len(pending) >= CHUNK:
-                    await chunks.put(_Chunk(pending, partitions))
-                    pending = []
+            async with contextlib.aclosing(
+                store.read_all(start, until, [subject_filter])
+            ) as stored:
+                async for seq, subject, data, _, stored_at in stored:
+                    # Cut on the server's storage time: it follows the stream order, while
+                    # envelope times do not (a reaction carries its cause's time, a moved clock
+                    # its own).
+                    if to_time is not None and stored_at is not None and stored_at > to_time:
+                        cut = True
+                        break
+                    if types and subjects.parse(subject)[2] not in types:
+                        continue
+                    pending.append((seq, subject, data))
+                    if len(pending) >= CHUNK:
+                        await chunks.put(_Chunk(pending, partitions))
+                        pending = []
             await chunks.put(_Chunk(pending, partitions, None if cut else until))
     finally:
         await chunks.put(None)

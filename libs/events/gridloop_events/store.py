@@ -8,6 +8,7 @@ refuses a write when the case moved on; nothing is checked client-side and then 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -362,12 +363,18 @@ class EventStore:
             filter_subjects=filter_subjects or [self.subjects.all],
             mem_storage=True,
         )
-        async for msgs in pull_batches(self.nc, self.js, self.stream, config, batch=batch):
-            for msg in msgs:
-                meta = msg.metadata
-                seq = meta.sequence.stream
-                if seq > tip:
-                    return
-                yield RawEvent(seq, msg.subject, msg.data, msg.headers or {}, meta.timestamp)
-                if seq == tip:
-                    return
+        # Closed on the way out, also when the caller stops early: the consumer is deleted then,
+        # not whenever the generator happens to be collected.
+        async with contextlib.aclosing(
+            pull_batches(self.nc, self.js, self.stream, config, batch=batch)
+        ) as batches:
+            async for msgs in batches:
+                for msg in msgs:
+                    meta = msg.metadata
+                    seq = meta.sequence.stream
+                    if seq > tip:
+                        return
+                    yield RawEvent(seq, msg.subject, msg.data, msg.headers or {},
+                                   meta.timestamp)
+                    if seq == tip:
+                        return
