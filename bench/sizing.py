@@ -112,6 +112,8 @@ def measured(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     if rp:
         run_id, r = rp
         ok = [b for b in r["replay"]["rebuilds"] if "events_per_s" in b]
+        # One process: what a rebuild gets when the live services keep the other cores busy.
+        ok = [b for b in ok if b.get("processes", 1) == 1] or ok
         slowest = min(ok, key=lambda b: b["events_per_s"])
         m["replay"] = {"run": _label(run_id, r), "slowest": slowest["projection"],
                        "events_per_s": slowest["events_per_s"]}
@@ -207,7 +209,8 @@ def table(m: dict[str, Any]) -> str:
         f"- stream **{sc['stream_bytes_per_event']:,} bytes/event**; PostgreSQL "
         f"**{sc['database_bytes_per_case']:,} bytes/case** (four schemas); service RSS "
         f"≤ {sc['rss_mib']:.0f} MiB;",
-        f"- rebuild (replay phase, run {rp['run']}): slowest projection {rp['slowest']} "
+        f"- rebuild by one process (replay phase, run {rp['run']}): slowest projection "
+        f"{rp['slowest']} "
         f"**{rp['events_per_s']:,} events/s**{ceiling}.",
         "",
         "| | " + " | ".join(r["tier"] for r in rows) + " |",
