@@ -23,6 +23,7 @@ from crash_runner import TallyProjection, unbuildable
 from gridloop_events.catalogue import ProgressNoted
 from gridloop_events.codec import encode
 from gridloop_events.envelope import Actor
+from gridloop_events import rebuild as rebuild_module
 from gridloop_events.rebuild import RebuildError, Workers, rebuild, table_checksum
 from gridloop_events.runner import ProjectionRunner
 from gridloop_events.store import EventStore
@@ -220,6 +221,46 @@ async def test_a_rebuild_by_several_processes_equals_one_by_one(  # type: ignore
         await rebuild(pool, store, projection, projection.tables,
                       workers=Workers(2, nats_url, fresh_database, unbuildable))
     assert await rows(pool, "tally", "applied") == before
+
+
+class DeadlockingTally(TallyProjection):
+    """Rolled back by PostgreSQL as a deadlock victim, the first `times` times it applies."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    async def apply(self, conn: asyncpg.Connection, stored) -> None:  # type: ignore[no-untyped-def,override]
+        if self.times > 0:
+            self.times -= 1
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        await super().apply(conn, stored)
+
+
+async def test_a_rebuild_retries_a_chunk_after_a_transient_failure_and_gives_up_loudly(  # type: ignore[no-untyped-def]
+    env, monkeypatch
+) -> None:
+    _, pool, store = env
+    await seed(store, cases=6, per_case=4)
+    tip = await store.last_sequence()
+    clean = await rebuild(pool, store, TallyProjection(), TallyProjection.tables,
+                          to_sequence=tip, target_schema="tally_clean")
+    retried = await rebuild(pool, store, DeadlockingTally(2), TallyProjection.tables,
+                            to_sequence=tip, target_schema="tally_retried")
+    assert retried.checksum == clean.checksum and retried.events == tip
+
+    # Still failing after the retries: the rebuild raises (and does not hang on its reader).
+    monkeypatch.setattr(rebuild_module, "TRANSIENT_RETRIES", 1)
+    monkeypatch.setattr(rebuild_module, "CHUNK", 2)  # the reader waits on a full queue
+    failing = asyncio.create_task(
+        rebuild(pool, store, DeadlockingTally(10**6), TallyProjection.tables,
+                to_sequence=tip, target_schema="tally_failed"))
+    await asyncio.wait({failing}, timeout=30)
+    stuck = not failing.done()
+    if stuck:
+        failing.cancel()
+    assert not stuck, "the rebuild hung after its applier failed"
+    with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
+        failing.result()
 
 
 async def test_rebuild_to_a_sequence_shows_the_past(env) -> None:  # type: ignore[no-untyped-def]

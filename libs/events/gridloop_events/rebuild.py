@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import multiprocessing
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import nats
 
 from .codec import CodecError, Registry, content_hash, decode
 from .envelope import StoredEvent
+from .logging import get_logger
 from .projection import (
     Projection,
     check_schema,
@@ -39,6 +41,9 @@ from .store import EventStore
 from .subjects import Subjects
 
 CHUNK = 10000
+TRANSIENT_RETRIES = 8
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -159,8 +164,37 @@ async def _read_chunks(
                         await chunks.put(_Chunk(pending, partitions))
                         pending = []
             await chunks.put(_Chunk(pending, partitions, None if cut else until))
-    finally:
-        await chunks.put(None)
+    except asyncio.CancelledError:
+        raise  # the applier stopped first: nobody reads the queue any more
+    except BaseException:
+        await chunks.put(None)  # wake the applier, which raises this from `await reader`
+        raise
+    await chunks.put(None)
+
+
+async def _apply_chunk_retrying(conn: asyncpg.Connection, store: EventStore,
+                                projection: Projection, schema: str, chunk: _Chunk) -> int:
+    """A chunk in one transaction, again after a transient failure: processes rebuilding
+    partitions side by side deadlock now and then on rows they share (a unit's counters), and
+    PostgreSQL rolls one back. A poison is found event by event, as the live runner does."""
+    for attempt in range(TRANSIENT_RETRIES + 1):
+        try:
+            try:
+                return await _apply_chunk(conn, store, projection, schema, chunk.partitions,
+                                          chunk.events, isolate=False)
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if is_transient(exc):
+                    raise
+                return await _apply_chunk(conn, store, projection, schema, chunk.partitions,
+                                          chunk.events, isolate=True)
+        except Exception as exc:  # noqa: BLE001 - only transient failures get here
+            if not is_transient(exc) or attempt == TRANSIENT_RETRIES:
+                raise
+            log.warning("rebuild.retrying_chunk", projection=projection.name,
+                        first_sequence=chunk.events[0][0], attempt=attempt + 1,
+                        error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 async def _apply_share(
@@ -184,14 +218,7 @@ async def _apply_share(
     try:
         while (chunk := await chunks.get()) is not None:
             if chunk.events:
-                try:
-                    applied = await _apply_chunk(conn, store, projection, schema,
-                                                 chunk.partitions, chunk.events, isolate=False)
-                except Exception as exc:  # noqa: BLE001 - find the poison, as the runner does
-                    if is_transient(exc):
-                        raise
-                    applied = await _apply_chunk(conn, store, projection, schema,
-                                                 chunk.partitions, chunk.events, isolate=True)
+                applied = await _apply_chunk_retrying(conn, store, projection, schema, chunk)
                 count += applied
                 last = max(last, chunk.events[-1][0])
                 if progress:
@@ -302,31 +329,46 @@ async def _apply_in_workers(
                 progress(now - reported)
                 reported = now
 
-    try:
-        own = asyncio.create_task(
-            _apply_share(conn, store, projection, schema, shares[0], 1, until, to_time,
-                         progress))
-        while not own.done() or any(proc.is_alive() for proc, _ in started):
-            forward()
-            await asyncio.wait([own], timeout=0.2)
-        forward()
-        count, last = own.result()
-        failures = []
+    own = asyncio.create_task(
+        _apply_share(conn, store, projection, schema, shares[0], 1, until, to_time, progress))
+    outcomes: dict[str, tuple[str, object]] = {}
+
+    def collect() -> None:
         for proc, receive in started:
-            if not receive.poll():
-                failures.append(f"{proc.name} exited with {proc.exitcode} and no result")
+            if proc.name in outcomes:
                 continue
-            status, value = receive.recv()
-            if status != "ok":
-                failures.append(f"{proc.name}: {value}")
-                continue
+            alive = proc.is_alive()  # before the poll: a result sent before exiting is there
+            if receive.poll():
+                outcomes[proc.name] = receive.recv()
+            elif not alive:
+                outcomes[proc.name] = ("error", f"exited with {proc.exitcode} and no result")
+
+    try:
+        while not own.done() or len(outcomes) < len(started):
+            forward()
+            collect()
+            if any(status != "ok" for status, _ in outcomes.values()):
+                break  # one share failed: the rebuild has failed, stop the others
+            if own.done():
+                await asyncio.sleep(0.2)
+            else:
+                await asyncio.wait([own], timeout=0.2)
+        forward()
+        failures = [f"{name}: {value}" for name, (status, value) in outcomes.items()
+                    if status != "ok"]
+        if failures:
+            raise RebuildError("; ".join(failures))
+        count, last = own.result()
+        for _, value in outcomes.values():
             n, share_last = value  # type: ignore[misc]
             count += n
             last = max(last, share_last)
-        if failures:
-            raise RebuildError("; ".join(failures))
         return count, last
     finally:
+        if not own.done():
+            own.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await own
         for proc, receive in started:
             if proc.is_alive():
                 proc.terminate()
