@@ -314,6 +314,10 @@ class ProjectionRunner:
             max_deliver=-1,
             inactive_threshold=300.0,
             filter_subjects=self.filter_subjects(owned),
+            # The checkpoint in PostgreSQL, not this consumer's ack floor, says where to resume,
+            # so its state need not be fsynced on every ack (the server syncs every write here).
+            # A server restart loses it; the runner then finds it gone and positions a new one.
+            mem_storage=True,
         )
         await self.js.add_consumer(self.store.stream, config)
         return await self.js.pull_subscribe_bind(self.durable, self.store.stream)
@@ -326,6 +330,13 @@ class ProjectionRunner:
                 next_claim = loop.time() + self.claim_interval
                 # The lock session must be alive, or another instance may own these now.
                 await lock_conn.fetchval("SELECT 1")
+                # A consumer gone (a server restart, an operator) answers fetches with nothing:
+                # it would look like an idle stream for ever.
+                try:
+                    await self.js.consumer_info(self.store.stream, self.durable)
+                except nats.js.errors.NotFoundError:
+                    log.warning("runner.consumer_gone", projection=self.projection.name)
+                    return
                 missing = [p for p in self.wanted if p not in self.owned]
                 if missing and await self._claim(lock_conn, missing):
                     return  # reposition with the larger set
