@@ -314,10 +314,6 @@ class ProjectionRunner:
             max_deliver=-1,
             inactive_threshold=300.0,
             filter_subjects=self.filter_subjects(owned),
-            # The checkpoint in PostgreSQL, not this consumer's ack floor, says where to resume,
-            # so its state need not be fsynced on every ack (the server syncs every write here).
-            # A server restart loses it; the runner then finds it gone and positions a new one.
-            mem_storage=True,
         )
         await self.js.add_consumer(self.store.stream, config)
         return await self.js.pull_subscribe_bind(self.durable, self.store.stream)
