@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -261,6 +262,19 @@ async def test_a_rebuild_retries_a_chunk_after_a_transient_failure_and_gives_up_
     assert not stuck, "the rebuild hung after its applier failed"
     with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
         failing.result()
+
+
+async def test_a_parallel_rebuild_whose_own_share_fails_stops_its_workers(  # type: ignore[no-untyped-def]
+    env, nats_url: str, fresh_database: str, monkeypatch
+) -> None:
+    _, pool, store = env
+    await seed(store, cases=8, per_case=3)
+    monkeypatch.setattr(rebuild_module, "TRANSIENT_RETRIES", 0)
+    with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
+        await rebuild(pool, store, DeadlockingTally(10**6), TallyProjection.tables,
+                      target_schema="tally_failed",
+                      workers=Workers(3, nats_url, fresh_database, TallyProjection))
+    assert multiprocessing.active_children() == []
 
 
 async def test_rebuild_to_a_sequence_shows_the_past(env) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 REQUEST_EXPIRES = 5.0  # seconds the server may take to fill one request
+ANSWER_GRACE = 5.0  # beyond that, before a silent server counts as gone
 NO_MESSAGES = ("404", "408")  # nothing (more) to send for this request
 
 
@@ -51,7 +52,8 @@ async def pull_batches(
     batch: int = 2000,
 ) -> AsyncIterator[list[Msg]]:
     """Every message the (ephemeral, AckNone) consumer `config` matches when it is created, in
-    stream order, as lists of at most `batch`. Messages stored after that are not waited for."""
+    stream order, as lists of at most `batch`. Messages stored after that are not waited for
+    (though a read that had to ask the consumer again may include some)."""
     info = await js.add_consumer(stream, config)
     consumer = info.name
     remaining = info.num_pending
@@ -95,16 +97,22 @@ async def pull_batches(
         current = await ask()
         while current is not None:
             try:
-                await asyncio.wait_for(current.done.wait(), REQUEST_EXPIRES * 2)
+                await asyncio.wait_for(current.done.wait(), REQUEST_EXPIRES + ANSWER_GRACE)
             except asyncio.TimeoutError:
                 raise nats.errors.TimeoutError from None
-            following = None if current.status else await ask()
-            if current.msgs:
-                yield current.msgs
             if current.status and current.status not in NO_MESSAGES:
                 raise PullError(f"pull from {stream}: {current.status} {current.description}")
             if current.status:
-                return  # fewer matched than counted at creation: the read is complete
+                # Fewer came than asked: the request expired while the server was still
+                # scanning (a sparse filter on a long stream), or nothing is left. Only the
+                # consumer knows which; ask again for what it still holds.
+                if current.msgs:
+                    yield current.msgs
+                remaining = (await js.consumer_info(stream, consumer)).num_pending
+                current = await ask()
+                continue
+            following = await ask()
+            yield current.msgs
             current = following
     finally:
         with contextlib.suppress(Exception):

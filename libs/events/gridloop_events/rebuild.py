@@ -309,17 +309,10 @@ async def _apply_in_workers(
     # spawn, not fork: the parent holds live NATS and PostgreSQL connections and an event loop.
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Value("q", 0)
-    started = []
-    for share in shares[1:]:
-        receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=_worker_main, daemon=True, name=f"gridloop-rebuild-{share[0]}",
-            args=(workers, store.subjects, store.registry, schema, share, until, to_time,
-                  done, send))
-        proc.start()
-        send.close()
-        started.append((proc, receive))
+    started: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    outcomes: dict[str, tuple[str, object]] = {}
     reported = 0
+    own: asyncio.Task[tuple[int, int]] | None = None
 
     def forward() -> None:
         nonlocal reported
@@ -329,33 +322,51 @@ async def _apply_in_workers(
                 progress(now - reported)
                 reported = now
 
-    own = asyncio.create_task(
-        _apply_share(conn, store, projection, schema, shares[0], 1, until, to_time, progress))
-    outcomes: dict[str, tuple[str, object]] = {}
-
     def collect() -> None:
         for proc, receive in started:
             if proc.name in outcomes:
                 continue
             alive = proc.is_alive()  # before the poll: a result sent before exiting is there
-            if receive.poll():
-                outcomes[proc.name] = receive.recv()
-            elif not alive:
+            try:
+                if receive.poll():
+                    outcomes[proc.name] = receive.recv()
+                    continue
+            except (EOFError, OSError):
+                alive = False  # killed (SIGKILL, the OOM killer) before it could report
+            if not alive:
                 outcomes[proc.name] = ("error", f"exited with {proc.exitcode} and no result")
 
     try:
+        for share in shares[1:]:
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker_main, daemon=True, name=f"gridloop-rebuild-{share[0]}",
+                args=(workers, store.subjects, store.registry, schema, share, until, to_time,
+                      done, send))
+            started.append((proc, receive))
+            proc.start()
+            send.close()
+        own = asyncio.create_task(
+            _apply_share(conn, store, projection, schema, shares[0], 1, until, to_time,
+                         progress))
         while not own.done() or len(outcomes) < len(started):
             forward()
             collect()
             if any(status != "ok" for status, _ in outcomes.values()):
                 break  # one share failed: the rebuild has failed, stop the others
             if own.done():
+                if own.exception() is not None:
+                    break
                 await asyncio.sleep(0.2)
             else:
                 await asyncio.wait([own], timeout=0.2)
         forward()
         failures = [f"{name}: {value}" for name, (status, value) in outcomes.items()
                     if status != "ok"]
+        if own.done() and own.exception() is not None:
+            if failures:
+                raise RebuildError("; ".join(failures)) from own.exception()
+            own.result()  # raises the parent's own failure
         if failures:
             raise RebuildError("; ".join(failures))
         count, last = own.result()
@@ -365,14 +376,20 @@ async def _apply_in_workers(
             last = max(last, share_last)
         return count, last
     finally:
-        if not own.done():
+        if own is not None and not own.done():
             own.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await own
         for proc, receive in started:
+            if proc.pid is None:  # its start failed
+                receive.close()
+                continue
             if proc.is_alive():
                 proc.terminate()
-            proc.join(5)
+            await asyncio.to_thread(proc.join, 5)
+            if proc.is_alive():
+                proc.kill()
+                await asyncio.to_thread(proc.join, 5)
             receive.close()
 
 

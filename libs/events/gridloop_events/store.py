@@ -359,7 +359,9 @@ class EventStore:
             deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
             ack_policy=jsapi.AckPolicy.NONE,
-            inactive_threshold=30.0,
+            # Deleted when the read ends; the threshold only clears up after a crashed reader,
+            # and must outlast a caller busy between batches (a rebuild writing a chunk).
+            inactive_threshold=300.0,
             filter_subjects=filter_subjects or [self.subjects.all],
             mem_storage=True,
         )
