@@ -97,6 +97,24 @@ async def test_runner_applies_every_event_once_in_order(env) -> None:  # type: i
         await runner.stop()
 
 
+async def test_a_runner_whose_consumer_is_deleted_positions_a_new_one(env) -> None:  # type: ignore[no-untyped-def]
+    nc, pool, store = env
+    expected = await seed(store, cases=4, per_case=3)
+    runner = ProjectionRunner(nc, pool, store, TallyProjection(), claim_interval=0.3)
+    await runner.start()
+    try:
+        await runner.wait_caught_up(timeout=30)
+        # Gone under it (an operator, a server that lost it): the next fetch has no responder,
+        # the runner recovers and positions a new consumer at its checkpoint.
+        await store.js.delete_consumer(store.stream, runner.durable)
+        more = await seed(store, cases=3, per_case=2)
+        await runner.wait_caught_up(timeout=30)
+        applied = await rows(pool, "tally", "applied")
+        assert len(applied) == sum(expected.values()) + sum(more.values())
+    finally:
+        await runner.stop()
+
+
 async def test_restart_resumes_from_the_checkpoint_without_reapplying(env) -> None:  # type: ignore[no-untyped-def]
     nc, pool, store = env
     await seed(store, cases=5, per_case=4)

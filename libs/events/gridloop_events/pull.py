@@ -34,6 +34,15 @@ class PullError(nats.errors.Error):
     """The server ended a pull with an error status (the consumer deleted, a leader change)."""
 
 
+def _status(msg: Msg) -> tuple[str, str] | None:
+    """(code, description) of a server status message; None for a message carrying data."""
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    if status is None or msg.data:
+        return None
+    return status, headers.get("Description", "")
+
+
 @dataclass
 class _Request:
     want: int
@@ -63,12 +72,11 @@ async def pull_batches(
         if not requests:
             return
         head = requests[0]
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is not None and not msg.data:
-            if status == "100":  # heartbeat or flow control: not asked for, but harmless
+        status = _status(msg)
+        if status is not None:
+            if status[0] == "100":  # heartbeat or flow control: not asked for, but harmless
                 return
-            head.status = status
-            head.description = msg.headers.get("Description", "") if msg.headers else ""
+            head.status, head.description = status
         else:
             head.msgs.append(msg)
             if len(head.msgs) < head.want:
@@ -127,12 +135,13 @@ async def request_batch(nc: NATS, subject: str, body: dict[str, object],
     direct get ends with 204, or 404 when nothing matched). (messages, status, description)."""
     msgs: list[Msg] = []
     done = asyncio.Event()
-    end: list[str] = []
+    end: tuple[str, str] = ("", "")
 
     async def on_message(msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status is not None and not msg.data:
-            end[:] = [status, (msg.headers or {}).get("Description", "")]
+        nonlocal end
+        status = _status(msg)
+        if status is not None:
+            end = status
             done.set()
         else:
             msgs.append(msg)
@@ -145,7 +154,7 @@ async def request_batch(nc: NATS, subject: str, body: dict[str, object],
             await asyncio.wait_for(done.wait(), timeout)
         except asyncio.TimeoutError:
             raise nats.errors.TimeoutError from None
-        return msgs, end[0], end[1]
+        return msgs, *end
     finally:
         await sub.unsubscribe()
 

@@ -450,9 +450,10 @@ async def rebuild(
                 async for seq, subject, data, *_ in store.read_all(shadow_tip + 1, live_tip):
                     if seq > live_cps.get(subjects.partition_of_subject(subject), 0):
                         continue
-                    envelope = decode(data, store.registry)
-                    if projection.event_types and envelope.event_type not in projection.event_types:
+                    types = projection.event_types
+                    if types and subjects.parse(subject)[2] not in types:
                         continue
+                    envelope = decode(data, store.registry)
                     await projection.apply(conn, StoredEvent(
                         sequence=seq, subject=subject, envelope=envelope,
                         content_hash=content_hash(data)))

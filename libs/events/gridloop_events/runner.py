@@ -326,13 +326,6 @@ class ProjectionRunner:
                 next_claim = loop.time() + self.claim_interval
                 # The lock session must be alive, or another instance may own these now.
                 await lock_conn.fetchval("SELECT 1")
-                # A consumer gone (a server restart, an operator) answers fetches with nothing:
-                # it would look like an idle stream for ever.
-                try:
-                    await self.js.consumer_info(self.store.stream, self.durable)
-                except nats.js.errors.NotFoundError:
-                    log.warning("runner.consumer_gone", projection=self.projection.name)
-                    return
                 missing = [p for p in self.wanted if p not in self.owned]
                 if missing and await self._claim(lock_conn, missing):
                     return  # reposition with the larger set
