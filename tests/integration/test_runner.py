@@ -286,7 +286,10 @@ async def test_a_parallel_rebuild_whose_own_share_fails_stops_its_workers(  # ty
     env, nats_url: str, fresh_database: str, monkeypatch
 ) -> None:
     _, pool, store = env
-    await seed(store, cases=8, per_case=3)
+    cases = await seed(store, cases=8, per_case=3)
+    # The parent's share (partitions 0, 3, 6, ...) must hold a case, or it has nothing to fail on.
+    while not any(store.subjects.partition(c) % 3 == 0 for c in cases):
+        cases |= await seed(store, cases=1, per_case=3)
     monkeypatch.setattr(rebuild_module, "TRANSIENT_RETRIES", 0)
     with pytest.raises(asyncpg.exceptions.DeadlockDetectedError):
         await rebuild(pool, store, DeadlockingTally(10**6), TallyProjection.tables,
