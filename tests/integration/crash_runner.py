@@ -14,6 +14,7 @@ import sys
 import asyncpg
 import nats
 
+from gridloop_events.database import create_pool
 from gridloop_events.envelope import StoredEvent
 from gridloop_events.runner import ProjectionRunner
 from gridloop_events.store import EventStore
@@ -61,7 +62,7 @@ def unbuildable() -> TallyProjection:
 
 async def main(nats_url: str, database_url: str, prefix: str, batch: int) -> None:
     nc = await nats.connect(nats_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    pool = await create_pool(database_url, min_size=1, max_size=2)
     store = EventStore(nc, Subjects(prefix))
     runner = ProjectionRunner(nc, pool, store, TallyProjection(), batch_size=batch)
     await runner.start()

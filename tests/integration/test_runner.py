@@ -23,6 +23,7 @@ import pytest_asyncio
 from crash_runner import TallyProjection, unbuildable
 from gridloop_events.catalogue import ProgressNoted
 from gridloop_events.codec import encode
+from gridloop_events.database import create_pool
 from gridloop_events.envelope import Actor
 from gridloop_events import rebuild as rebuild_module
 from gridloop_events.rebuild import RebuildError, Workers, rebuild, table_checksum
@@ -37,7 +38,7 @@ HERE = Path(__file__).parent
 @pytest_asyncio.fixture
 async def env(nats_url: str, fresh_database: str, fresh_stream_prefix: str):  # type: ignore[no-untyped-def]
     nc = await nats.connect(nats_url)
-    pool = await asyncpg.create_pool(fresh_database, min_size=1, max_size=4)
+    pool = await create_pool(fresh_database, min_size=1, max_size=4)
     store = EventStore(nc, Subjects(fresh_stream_prefix))
     await store.ensure_stream()
     yield nc, pool, store

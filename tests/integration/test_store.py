@@ -282,3 +282,61 @@ async def test_a_command_on_a_lagging_read_model_is_decided_again_on_the_log(
 
     out = await execute(store, r.case_id, nothing_until_accepted, known=lagging, may_lag=True)
     assert out.events == () and len(calls) == 2 and calls[1] == current.version
+
+
+async def test_a_stale_state_is_caught_up_from_the_log_not_read_again_from_the_start(
+        store: EventStore) -> None:
+    """A recheck or a conflict reads only the events after the state it found stale (a read
+    from the case's first event makes the server scan the stream from there), and the state it
+    decides on is the same as a fold of the whole case."""
+    from gridloop_events.lifecycle import fold
+
+    r = reported()
+    v = await store.append(r.case_id, [r], 0)
+    d = dispatched(r)
+    after_dispatch = await store.append(r.case_id, [d], v)
+    lagging = fold((await store.read(r.case_id))[:1])
+    reads: list[int] = []
+    real_read = store.read
+
+    async def recorded_read(case_id: str, after: int = 0):  # type: ignore[no-untyped-def]
+        reads.append(after)
+        return await real_read(case_id, after)
+
+    store.read = recorded_read  # type: ignore[method-assign]
+    decided_on = []
+
+    def accept(state):  # type: ignore[no-untyped-def]
+        decided_on.append(state)
+        if state.status.value != "dispatched":
+            raise ValueError("not dispatched")
+        return [accepted(d)]
+
+    outcome = await execute(store, r.case_id, accept, known=lagging, may_lag=True)
+    assert reads == [v]
+    whole = await real_read(r.case_id)
+    assert decided_on[-1] == fold(h for h in whole if h.sequence <= after_dispatch)
+    assert outcome.version > after_dispatch
+
+    # A conflict: the state was current when read, then another writer moved the case on.
+    reads.clear()
+    current = fold(await real_read(r.case_id))
+    from gridloop_events.catalogue import ProgressNoted
+    from gridloop_events.envelope import Actor
+
+    await store.append(r.case_id, [d.caused(ProgressNoted(author_id="w", note="meanwhile"),
+                                            actor=Actor(kind="grid_worker", id="w"),
+                                            purpose="meanwhile")], current.version)
+    reads.clear()
+    noted: list[int] = []
+
+    def note(state):  # type: ignore[no-untyped-def]
+        noted.append(state.events)
+        return [d.caused(ProgressNoted(author_id="w2", note="after"),
+                         actor=Actor(kind="grid_worker", id="w2"), purpose="after")]
+
+    await execute(store, r.case_id, note, known=current)
+    # The store's check that the refused events are not its own, then the catch-up.
+    assert reads == [current.version, current.version]
+    assert noted == [current.events, current.events + 1]
+    assert fold(await real_read(r.case_id)).events == current.events + 2

@@ -19,6 +19,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from gridloop_events.database import create_pool
 from gridloop_events.store import PARTITIONS_METADATA, EventStore
 from gridloop_events.subjects import DEFAULT_PREFIX, Subjects
 
@@ -74,7 +75,7 @@ async def open_nats(url: str) -> NATS:
 
 async def open_pool(url: str) -> asyncpg.Pool:
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT)
+        pool = await create_pool(url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise Unreachable(
             f"PostgreSQL at {_safe(url)} refuses: {type(exc).__name__}: {exc}"

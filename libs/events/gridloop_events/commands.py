@@ -40,8 +40,9 @@ async def execute(
 ) -> Outcome:
     """Decide on the case's current state and append the result under the concurrency guard.
 
-    `known` is a state the caller already holds (a projection's, at its version); it saves the
-    first read, and a conflict falls back to reading the case from the log. With `may_lag` the
+    `known` is a state the caller already holds (a projection's, at its version): the fold of
+    every event of the case up to its version. It saves the first read, and when it proves stale
+    (a conflict, a recheck) only the events after it are read from the log. With `may_lag` the
     known state may be behind the log (a read model serving a request): a refusal or a no-op
     decided on it is decided again on the log's state, since the events the read model has not
     seen yet may be what makes the command valid. A reaction's known state is exact at its
@@ -49,10 +50,14 @@ async def execute(
     """
     state = known
     from_log = known is None
+    behind: CaseState | None = None  # a state found stale: the log's events after it are read
     for attempt in range(attempts):
         if state is None:
-            history: list[StoredEvent] = await store.read(case_id)
-            state = fold(history)
+            # Only what follows a stale state is read: it is the fold of the case's events up
+            # to its version, and a read from the case's first event makes the server scan the
+            # stream from there (measured: direct gets were 18% of nats-server's CPU).
+            after = behind.version if behind is not None else 0
+            state = fold(await store.read(case_id, after=after), behind)
             from_log = True
         recheck = may_lag and not from_log
         try:
@@ -61,11 +66,11 @@ async def execute(
             if not recheck:
                 raise
             log.info("command.recheck", case_id=case_id, version=state.version)
-            state = None
+            behind, state = state, None
             continue
         if not events:
             if recheck:
-                state = None
+                behind, state = state, None
                 continue
             return Outcome((), state.version, state)
         try:
@@ -74,7 +79,7 @@ async def execute(
             return Outcome(events, version, state)
         except ConcurrencyError:
             log.info("command.conflict", case_id=case_id, version=state.version)
-            state = None
+            behind, state = state, None
             # Jittered backoff: writers racing on one case spread out instead of colliding again.
             await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
     raise ConcurrencyError(case_id, None, f"still conflicting after {attempts} attempts")

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .codec import CodecError, content_hash, decode
+from .database import holds_session_state
 from .envelope import StoredEvent
 from .logging import get_logger
 from .projection import (
@@ -209,6 +210,7 @@ class ProjectionRunner:
             try:
                 # A session of its own: the partition locks live exactly as long as it does.
                 async with self.pool.acquire() as lock_conn:
+                    holds_session_state(lock_conn)
                     try:
                         owned = await self._claim(lock_conn,
                                                   self.wanted + sorted(self._absorbing))

@@ -33,6 +33,7 @@ from prometheus_client import (
 from .asyncapi import asyncapi_router
 from .clock import Clock, SystemClock
 from .codec import REGISTRY, Registry
+from .database import create_pool
 from .logging import configure_logging, get_logger
 from .projection import Projection
 from .runner import ProjectionRunner
@@ -196,7 +197,7 @@ class Runtime:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
-        self.pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=10)
+        self.pool = await create_pool(s.database_url, min_size=1, max_size=10)
         self.store = EventStore(
             self.nc, self.subjects, self.registry, StreamSettings(replicas=s.stream_replicas)
         )
