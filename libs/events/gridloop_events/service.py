@@ -8,6 +8,7 @@ order on shutdown (SIGTERM/Ctrl-C), so an acknowledged batch is never half-appli
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -298,6 +299,22 @@ def operations_router(runtime: Runtime) -> APIRouter:
     return router
 
 
+def quiet_garbage_collector() -> None:
+    """Hide what start-up left alive from the cyclic collector, and collect young objects less
+    often.
+
+    Measured in the closed loop (QUICK, 69 cases/s): the collector took 7-18% of each service's
+    CPU (dispatch 3.1 s of 17.7 s), walking again and again the ~100k objects that imports,
+    pydantic schemas and routes leave behind, and it found ~6k cycles in the whole run. Frozen
+    objects are never scanned; the young generation is collected every 10,000 allocations
+    instead of 700, so more of it has died by refcount before a scan. Cycles are still
+    collected, and RSS stays flat (the bench's memory phase checks it).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def create_service_app(
     runtime: Runtime,
     *,
@@ -310,6 +327,7 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        quiet_garbage_collector()
         try:
             yield
         finally:
