@@ -75,6 +75,66 @@ async def rows(pool: asyncpg.Pool, schema: str, table: str) -> list[tuple]:  # t
         return [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.{table} ORDER BY 1")]
 
 
+class SettingsTally(TallyProjection):
+    """Notes, for each event, whether its transaction's commit waits for the WAL flush."""
+
+    def __init__(self) -> None:
+        self.waits: list[str] = []
+
+    async def apply(self, conn: asyncpg.Connection, stored) -> None:  # type: ignore[no-untyped-def,override]
+        self.waits.append(await conn.fetchval("SHOW synchronous_commit"))
+        await super().apply(conn, stored)
+
+
+async def test_a_runner_batch_commits_without_waiting_for_the_disk_and_nothing_else_does(  # type: ignore[no-untyped-def]
+    env,
+) -> None:
+    """A batch is derived from the log, which the runner re-applies from its checkpoint after a
+    PostgreSQL crash (tests/faults/test_postgres_restarts.py): its commit need not wait for the
+    WAL flush. The setting stays with the batch's transaction."""
+    nc, pool, store = env
+    await seed(store, cases=3, per_case=2)
+    projection = SettingsTally()
+    runner = ProjectionRunner(nc, pool, store, projection)
+    await runner.start()
+    try:
+        await runner.wait_caught_up(timeout=30)
+    finally:
+        await runner.stop()
+    assert projection.waits == ["off"] * 6
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
+async def test_a_runner_whose_commits_the_database_forgot_applies_them_again(  # type: ignore[no-untyped-def]
+    env,
+) -> None:
+    """PostgreSQL forgets the last batches it committed (a crash while commits do not wait for
+    the disk, a failover, a restore): their messages were acknowledged, so the runner must
+    notice the checkpoint below its own commits and go back to it."""
+    nc, pool, store = env
+    await seed(store, cases=4, per_case=3)
+    runner = ProjectionRunner(nc, pool, store, TallyProjection(), batch_size=4)
+    await runner.start()
+    try:
+        await runner.wait_caught_up(timeout=30)
+        tip = await store.last_sequence()
+        async with pool.acquire() as conn:  # as the database comes back from the crash
+            await conn.execute("DELETE FROM tally.applied WHERE seq > 5")
+            await conn.execute("DELETE FROM tally.tally")
+            await conn.execute("UPDATE tally.checkpoint SET last_sequence = least(last_sequence, 5)")
+        r = reported()
+        await store.append(r.case_id, [r], 0)
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(await rows(pool, "tally", "applied")) < tip + 1:
+            assert asyncio.get_running_loop().time() < deadline, "forgotten batches not applied"
+            await asyncio.sleep(0.05)
+        assert [a[0] for a in await rows(pool, "tally", "applied")] == list(range(1, tip + 2))
+        assert runner.stats.recoveries >= 1
+    finally:
+        await runner.stop()
+
+
 async def test_runner_applies_every_event_once_in_order(env) -> None:  # type: ignore[no-untyped-def]
     nc, pool, store = env
     expected = await seed(store, cases=20, per_case=15)

@@ -64,8 +64,20 @@ def check_schema(name: str) -> str:
     return name
 
 
-async def use_schema(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(f"SET LOCAL search_path TO {check_schema(schema)}, public")
+async def use_schema(conn: asyncpg.Connection, schema: str, *, wait_for_disk: bool = True) -> None:
+    """Point the transaction's unqualified names at `schema`.
+
+    `wait_for_disk=False` lets its commit return before the WAL is flushed: for a runner's
+    batch, whose every row is derived from the log. A PostgreSQL crash can then forget the
+    last fraction of a second of batches — their rows and their checkpoint together, since
+    they are one transaction — and the runner, positioned at its checkpoint when it reconnects,
+    applies them again from the log (reactions included: their event ids make that a no-op).
+    Anything not derived from the log (a resident's data key) is never written this way.
+    """
+    sql = f"SET LOCAL search_path TO {check_schema(schema)}, public"
+    if not wait_for_disk:
+        sql += "; SET LOCAL synchronous_commit TO off"  # one round trip: a simple query
+    await conn.execute(sql)
 
 
 async def ensure_schema(conn: asyncpg.Connection, projection: Projection, schema: str) -> None:

@@ -43,6 +43,19 @@ from .store import ConcurrencyError, EventStore
 
 log = get_logger(__name__)
 
+
+class LostCommits(RuntimeError):
+    """The database's checkpoint is below what this runner committed: PostgreSQL forgot
+    committed batches (a crash while batches commit without waiting for the disk, a failover to
+    a replica behind, a restore). The messages were acknowledged, so the consumer would not
+    deliver them again: the runner repositions at the checkpoint the database has."""
+
+    def __init__(self, projection: str, lost: dict[int, tuple[int, int]]) -> None:
+        shown = ", ".join(f"partition {p} at {have}, committed {had}"
+                          for p, (have, had) in sorted(lost.items()))
+        super().__init__(f"{projection}: checkpoints behind this runner's commits ({shown})")
+
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
@@ -55,6 +68,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
     ConcurrencyError,
+    LostCommits,
 )
 
 
@@ -113,6 +127,9 @@ class ProjectionRunner:
         self._free_since: dict[int, float] = {}
         self._hand_back_at = 0.0
         self.stats = RunnerStats()
+        # What this runner has committed per partition since it positioned its consumer: the
+        # database's checkpoint must never be found below it (see LostCommits).
+        self._committed: dict[int, int] = {}
         self._after_commit = after_commit or _fault_pause_from_env()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -302,6 +319,7 @@ class ProjectionRunner:
         # Every owned partition is applied up to the lowest of them, not the highest: a share
         # absorbed from a gone instance is behind this one's own (wait_caught_up trusts this).
         self.stats.checkpoint = start
+        self._committed = {p: checkpoints.get(p, 0) for p in owned}
         try:
             await self.js.delete_consumer(self.store.stream, self.durable)
         except nats.js.errors.NotFoundError:
@@ -365,14 +383,20 @@ class ProjectionRunner:
         types = self.projection.event_types
         partitions = [subjects.partition_of_subject(msg.subject) for msg in msgs]
         async with conn.transaction():
-            await use_schema(conn, self.schema)
+            await use_schema(conn, self.schema, wait_for_disk=False)
             # Row locks: a rebuild's swap or a second runner on a partition waits for this batch.
+            # Every owned partition's, not only the batch's: a batch the database forgot may
+            # be in a partition that gets nothing new for a long time.
             rows = await conn.fetch(
                 """SELECT partition, last_sequence FROM checkpoint
                    WHERE projection = $1 AND partition = ANY($2::int[]) FOR UPDATE""",
-                name, sorted(set(partitions)),
+                name, sorted(set(partitions) | self._committed.keys()),
             )
             checkpoints = {r["partition"]: int(r["last_sequence"]) for r in rows}
+            lost = {p: (checkpoints.get(p, 0), seq) for p, seq in self._committed.items()
+                    if checkpoints.get(p, 0) < seq}
+            if lost:
+                raise LostCommits(self.projection.name, lost)
             advanced: dict[int, int] = {}
             skipped = dead = 0
             last = 0
@@ -408,6 +432,8 @@ class ProjectionRunner:
                     # never calls them.
                     await self.projection.react_batch(applied_events)  # type: ignore[attr-defined]
             await write_checkpoints(conn, name, advanced)
+        for p, seq in advanced.items():
+            self._committed[p] = max(self._committed.get(p, 0), seq)
         self.stats.applied += len(todo) - dead
         self.stats.skipped += skipped
         self.stats.dead_lettered += dead
