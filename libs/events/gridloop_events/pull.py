@@ -105,8 +105,12 @@ async def pull_batches(
         current = await ask()
         while current is not None:
             try:
-                await asyncio.wait_for(current.done.wait(), REQUEST_EXPIRES + ANSWER_GRACE)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+                # arrives as its inner wait completes, and a reader cancelled by its stopped
+                # applier then carried on into a full queue, hanging the rebuild.
+                async with asyncio.timeout(REQUEST_EXPIRES + ANSWER_GRACE):
+                    await current.done.wait()
+            except TimeoutError:
                 raise nats.errors.TimeoutError from None
             if current.status and current.status not in NO_MESSAGES:
                 raise PullError(f"pull from {stream}: {current.status} {current.description}")
@@ -151,8 +155,9 @@ async def request_batch(nc: NATS, subject: str, body: dict[str, object],
     try:
         await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
         try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # see pull_batches
+                await done.wait()
+        except TimeoutError:
             raise nats.errors.TimeoutError from None
         return msgs, *end
     finally:

@@ -233,11 +233,22 @@ async def _apply_share(
                 last = max(last, chunk.until)
         await reader
     finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await _stop_reader(reader, chunks)
     return count, last
+
+
+async def _stop_reader(reader: asyncio.Task[None], chunks: asyncio.Queue[_Chunk | None]) -> None:
+    """Cancel the reader and wait until it is gone. A library may swallow a cancellation
+    (3.11's asyncio.wait_for does when its inner wait completes at the same moment): the
+    reader then goes on into a full queue nobody reads. So the queue is emptied and the
+    cancellation repeated until the task ends."""
+    while not reader.done():
+        reader.cancel()
+        while not chunks.empty():
+            chunks.get_nowait()
+        await asyncio.wait([reader], timeout=0.1)
+    if not reader.cancelled() and reader.exception() is not None:
+        log.debug("rebuild.reader_stopped", error=repr(reader.exception()))
 
 
 # --- partitions rebuilt by several processes ---------------------------------------------------

@@ -179,9 +179,8 @@ class EventStore:
         *,
         prev_hash: str | None = None,
     ) -> AppendResult:
-        """`append`, also telling whether these very events were already stored (a retry or a
-        concurrent twin): then this call added nothing."""
-        """Append events to one case; returns the case's new version.
+        """Append events to one case, telling whether these very events were already stored
+        (a retry or a concurrent twin): then this call added nothing.
 
         `expected_version=None` skips the check (only for events whose order does not matter).
         `prev_hash` is the content hash of the case's event at `expected_version`; callers that
