@@ -4,6 +4,7 @@ poison dead-lettered, rebuilds identical to live, and all of it through SIGKILLs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -75,6 +76,19 @@ async def rows(pool: asyncpg.Pool, schema: str, table: str) -> list[tuple]:  # t
         return [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.{table} ORDER BY 1")]
 
 
+@contextlib.asynccontextmanager
+async def running(env, projection, **options):  # type: ignore[no-untyped-def]
+    """A started runner, caught up with the log, stopped at the end whatever happens."""
+    nc, pool, store = env
+    runner = ProjectionRunner(nc, pool, store, projection, **options)
+    await runner.start()
+    try:
+        await runner.wait_caught_up(timeout=30)
+        yield runner
+    finally:
+        await runner.stop()
+
+
 class SettingsTally(TallyProjection):
     """Notes, for each event, whether its transaction's commit waits for the WAL flush."""
 
@@ -95,12 +109,8 @@ async def test_a_runner_batch_commits_without_waiting_for_the_disk_and_nothing_e
     nc, pool, store = env
     await seed(store, cases=3, per_case=2)
     projection = SettingsTally()
-    runner = ProjectionRunner(nc, pool, store, projection)
-    await runner.start()
-    try:
-        await runner.wait_caught_up(timeout=30)
-    finally:
-        await runner.stop()
+    async with running(env, projection):
+        pass
     assert projection.waits == ["off"] * 6
     async with pool.acquire() as conn:
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
@@ -114,10 +124,7 @@ async def test_a_runner_whose_commits_the_database_forgot_applies_them_again(  #
     notice the checkpoint below its own commits and go back to it."""
     nc, pool, store = env
     await seed(store, cases=4, per_case=3)
-    runner = ProjectionRunner(nc, pool, store, TallyProjection(), batch_size=4)
-    await runner.start()
-    try:
-        await runner.wait_caught_up(timeout=30)
+    async with running(env, TallyProjection(), batch_size=4) as runner:
         tip = await store.last_sequence()
         async with pool.acquire() as conn:  # as the database comes back from the crash
             await conn.execute("DELETE FROM tally.applied WHERE seq > 5")
@@ -131,17 +138,12 @@ async def test_a_runner_whose_commits_the_database_forgot_applies_them_again(  #
             await asyncio.sleep(0.05)
         assert [a[0] for a in await rows(pool, "tally", "applied")] == list(range(1, tip + 2))
         assert runner.stats.recoveries >= 1
-    finally:
-        await runner.stop()
 
 
 async def test_runner_applies_every_event_once_in_order(env) -> None:  # type: ignore[no-untyped-def]
     nc, pool, store = env
     expected = await seed(store, cases=20, per_case=15)
-    runner = ProjectionRunner(nc, pool, store, TallyProjection(), batch_size=32)
-    await runner.start()
-    try:
-        await runner.wait_caught_up(timeout=30)
+    async with running(env, TallyProjection(), batch_size=32) as runner:
         tally = {r[0]: r for r in await rows(pool, "tally", "tally")}
         assert {k: v[1] for k, v in tally.items()} == expected
         for case_id, events, last_seq, types in tally.values():
@@ -154,17 +156,12 @@ async def test_runner_applies_every_event_once_in_order(env) -> None:  # type: i
         await store.append(r.case_id, [r], 0)
         await runner.wait_caught_up(timeout=10)
         assert len(await rows(pool, "tally", "applied")) == sum(expected.values()) + 1
-    finally:
-        await runner.stop()
 
 
 async def test_a_runner_whose_consumer_is_deleted_positions_a_new_one(env) -> None:  # type: ignore[no-untyped-def]
     nc, pool, store = env
     expected = await seed(store, cases=4, per_case=3)
-    runner = ProjectionRunner(nc, pool, store, TallyProjection(), claim_interval=0.3)
-    await runner.start()
-    try:
-        await runner.wait_caught_up(timeout=30)
+    async with running(env, TallyProjection(), claim_interval=0.3) as runner:
         # Gone under it (an operator, a server that lost it): the next fetch has no responder,
         # the runner recovers and positions a new consumer at its checkpoint.
         await store.js.delete_consumer(store.stream, runner.durable)
@@ -172,8 +169,6 @@ async def test_a_runner_whose_consumer_is_deleted_positions_a_new_one(env) -> No
         await runner.wait_caught_up(timeout=30)
         applied = await rows(pool, "tally", "applied")
         assert len(applied) == sum(expected.values()) + sum(more.values())
-    finally:
-        await runner.stop()
 
 
 async def test_restart_resumes_from_the_checkpoint_without_reapplying(env) -> None:  # type: ignore[no-untyped-def]
